@@ -1,0 +1,2 @@
+//! criterion bench: backbone (placeholder until written).
+fn main() {}

@@ -1,0 +1,600 @@
+//! The PEMA adapter: a LoRA-like bottleneck read through the frozen LM head (paper §3).
+//!
+//! ```text
+//! z      = s · A · dropout(f)          s = 1/r, A ∈ R^{r×d}
+//! h_rct  = B_rct · z                   B_rct ∈ R^{d×r}
+//! h_pd   = B_pd · z                    B_pd ∈ R^{d×r}
+//! P_PEMA = softmax(W_hd · norm(h_pd))
+//! L_rct  = mean((h_rct − f)²)          over batch × d
+//! L_pd   = CE(W_hd · norm(h_pd), y)    mean over tokens
+//! L      = κ·L_rct + (1−κ)·L_pd
+//! ```
+//!
+//! There is no residual and no frozen base weight. A is initialised like PyTorch's
+//! `nn.Linear` (Kaiming-uniform with a = √5, i.e. U(−1/√d, 1/√d)); B_rct and B_pd start at zero.
+//! In memory the matrices are kept transposed (`A` as `[d, r]`, `B` as `[r, d]`) so that a batch
+//! of row vectors is multiplied without transposes; the artifact stores the paper's layout.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Distribution, Int, Tensor, TensorData, backend::Backend};
+use pema_backbone::LmHead;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AdapterConfig;
+use crate::error::{AdapterError, Result};
+
+/// Format tag of the adapter artifact (`adapter.json` and the safetensors metadata).
+pub const ADAPTER_FORMAT: &str = "pema-adapter/1";
+/// File name of the adapter weights inside an artifact directory.
+pub const WEIGHTS_FILE: &str = "adapter.safetensors";
+/// File name of the adapter description inside an artifact directory.
+pub const CONFIG_FILE: &str = "adapter.json";
+
+/// A named host matrix: (name, row-major f32 values, shape).
+pub type NamedMatrix = (String, Vec<f32>, [usize; 2]);
+
+/// Which training phase a loss is computed for (paper §3, "two phases").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Phase 1: autoencoder (A₁, B_rct) on L_rct alone.
+    Reconstruction,
+    /// Phase 2: fresh (A, B_pd) with frozen B_rct on κ·L_rct + (1−κ)·L_pd.
+    Prediction,
+}
+
+impl Phase {
+    /// 1 or 2, as in the paper.
+    pub fn number(self) -> u8 {
+        match self {
+            Phase::Reconstruction => 1,
+            Phase::Prediction => 2,
+        }
+    }
+}
+
+/// The adapter's weights on backend `B`.
+#[derive(Debug, Clone)]
+pub struct PemaAdapter<B: Backend> {
+    /// Shape and regularisation.
+    pub config: AdapterConfig,
+    /// Aᵀ, `[d, r]` (the paper's A is `[r, d]`).
+    pub a: Tensor<B, 2>,
+    /// B_rctᵀ, `[r, d]`.
+    pub b_rct: Tensor<B, 2>,
+    /// B_pdᵀ, `[r, d]`.
+    pub b_pd: Tensor<B, 2>,
+}
+
+/// The losses of one batch (scalars, shape `[1]`).
+#[derive(Debug, Clone)]
+pub struct Losses<B: Backend> {
+    /// The optimised loss: L_rct in phase 1, κ·L_rct + (1−κ)·L_pd in phase 2.
+    pub total: Tensor<B, 1>,
+    /// L_rct = mean((B_rct·z − f)²).
+    pub rct: Tensor<B, 1>,
+    /// L_pd = CE(W_hd·norm(B_pd·z), y) (phase 2 only).
+    pub pd: Option<Tensor<B, 1>>,
+    /// Logits W_hd·norm(h_pd), `[batch, vocab]` (phase 2 only).
+    pub logits: Option<Tensor<B, 2>>,
+}
+
+/// Kaiming-uniform(a = √5) like `torch.nn.Linear(d, r)`: U(−1/√d, 1/√d), drawn from `rng`,
+/// returned in the transposed `[d, r]` layout.
+pub fn kaiming_uniform_a_sqrt5(d: usize, r: usize, rng: &mut StdRng) -> Vec<f32> {
+    // gain = √(2 / (1 + a²)) = √(1/3); bound = gain · √(3 / fan_in) = 1/√fan_in, fan_in = d.
+    let bound = 1.0 / (d as f64).sqrt();
+    (0..d * r)
+        .map(|_| rng.random_range(-bound..bound) as f32)
+        .collect()
+}
+
+impl<B: Backend> PemaAdapter<B> {
+    /// A freshly initialised adapter: A Kaiming-uniform from `seed`, B_rct = B_pd = 0.
+    pub fn new(config: AdapterConfig, seed: u64, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let (d, r) = (config.d, config.rank);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let a = kaiming_uniform_a_sqrt5(d, r, &mut rng);
+        Ok(Self {
+            config,
+            a: Tensor::from_data(TensorData::new(a, [d, r]), device),
+            b_rct: Tensor::zeros([r, d], device),
+            b_pd: Tensor::zeros([r, d], device),
+        })
+    }
+
+    /// Phase-2 start: a FRESH A (from `seed`) and B_pd = 0, keeping the trained B_rct.
+    pub fn fresh_for_phase2(&self, seed: u64) -> Self {
+        let device = self.a.device();
+        let (d, r) = (self.config.d, self.config.rank);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let a = kaiming_uniform_a_sqrt5(d, r, &mut rng);
+        Self {
+            config: self.config,
+            a: Tensor::from_data(TensorData::new(a, [d, r]), &device),
+            b_rct: self.b_rct.clone(),
+            b_pd: Tensor::zeros([r, d], &device),
+        }
+    }
+
+    /// Number of trainable parameters in phase 2 plus B_rct: 3·r·d (paper: 3,145,728 for
+    /// d = 2048, r = 512).
+    pub fn num_params(&self) -> usize {
+        3 * self.config.rank * self.config.d
+    }
+
+    /// z = s·A·dropout(f) for `f: [batch, d]`, giving `[batch, r]`. Dropout (inverted, like
+    /// PyTorch) is applied only when `train` is true and p > 0.
+    pub fn bottleneck(&self, f: Tensor<B, 2>, train: bool) -> Tensor<B, 2> {
+        let p = self.config.dropout;
+        let x = if train && p > 0.0 {
+            let keep = f.random_like(Distribution::Bernoulli(1.0 - p));
+            f * keep.div_scalar(1.0 - p)
+        } else {
+            f
+        };
+        x.matmul(self.a.clone()).mul_scalar(self.config.scale())
+    }
+
+    /// h_pd = B_pd·z without dropout: the representation decoded by the head at inference.
+    pub fn h_pd(&self, f: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.bottleneck(f, false).matmul(self.b_pd.clone())
+    }
+
+    /// PEMA's logits W_hd·norm(h_pd) for `f: [batch, d]` (inference, no dropout):
+    /// P_PEMA(·|c) = softmax of these.
+    pub fn logits(&self, head: &LmHead<B>, f: Tensor<B, 2>) -> Tensor<B, 2> {
+        head.forward(self.h_pd(f))
+    }
+
+    /// The losses of a batch: `f: [batch, d]` keys, `y: [batch]` gold token ids.
+    /// `train` switches the input dropout on.
+    pub fn losses(
+        &self,
+        head: &LmHead<B>,
+        f: Tensor<B, 2>,
+        y: Tensor<B, 1, Int>,
+        phase: Phase,
+        train: bool,
+    ) -> Losses<B> {
+        let z = self.bottleneck(f.clone(), train);
+        let h_rct = z.clone().matmul(self.b_rct.clone());
+        let rct = (h_rct - f).powi_scalar(2).mean();
+        match phase {
+            Phase::Reconstruction => Losses {
+                total: rct.clone(),
+                rct,
+                pd: None,
+                logits: None,
+            },
+            Phase::Prediction => {
+                let h_pd = z.matmul(self.b_pd.clone());
+                let logits = head.forward(h_pd);
+                let n = y.dims()[0];
+                let pd = log_softmax(logits.clone(), 1)
+                    .gather(1, y.reshape([n, 1]))
+                    .mean()
+                    .neg();
+                let k = self.config.kappa;
+                let total = rct.clone().mul_scalar(k) + pd.clone().mul_scalar(1.0 - k);
+                Losses {
+                    total,
+                    rct,
+                    pd: Some(pd),
+                    logits: Some(logits),
+                }
+            }
+        }
+    }
+
+    /// Moves the weights to another backend/device.
+    pub fn to_backend<B2: Backend>(&self, device: &B2::Device) -> PemaAdapter<B2> {
+        PemaAdapter {
+            config: self.config,
+            a: Tensor::from_data(self.a.to_data(), device),
+            b_rct: Tensor::from_data(self.b_rct.to_data(), device),
+            b_pd: Tensor::from_data(self.b_pd.to_data(), device),
+        }
+    }
+
+    /// The three matrices in the paper's layout, as host f32:
+    /// `A [r, d]`, `B_rct [d, r]`, `B_pd [d, r]`.
+    pub fn paper_layout(&self) -> Result<[NamedMatrix; 3]> {
+        let (d, r) = (self.config.d, self.config.rank);
+        Ok([
+            ("A".into(), transpose(&host(&self.a)?, d, r), [r, d]),
+            ("B_rct".into(), transpose(&host(&self.b_rct)?, r, d), [d, r]),
+            ("B_pd".into(), transpose(&host(&self.b_pd)?, r, d), [d, r]),
+        ])
+    }
+
+    /// Builds an adapter from the paper layout (`A [r, d]`, `B_rct [d, r]`, `B_pd [d, r]`).
+    pub fn from_paper_layout(
+        config: AdapterConfig,
+        a: &[f32],
+        b_rct: &[f32],
+        b_pd: &[f32],
+        device: &B::Device,
+    ) -> Self {
+        let (d, r) = (config.d, config.rank);
+        Self {
+            config,
+            a: Tensor::from_data(TensorData::new(transpose(a, r, d), [d, r]), device),
+            b_rct: Tensor::from_data(TensorData::new(transpose(b_rct, d, r), [r, d]), device),
+            b_pd: Tensor::from_data(TensorData::new(transpose(b_pd, d, r), [r, d]), device),
+        }
+    }
+
+    /// Writes the artifact: `dir/adapter.safetensors` (A, B_rct, B_pd in the paper's layout)
+    /// and `dir/adapter.json` (`meta`).
+    pub fn save(&self, dir: &Path, meta: &AdapterMeta) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let tensors = self.paper_layout()?;
+        let views: Vec<(&str, &[f32], &[usize])> = tensors
+            .iter()
+            .map(|(n, v, s)| (n.as_str(), v.as_slice(), s.as_slice()))
+            .collect();
+        let mut st_meta = HashMap::new();
+        st_meta.insert("pema.format".to_string(), ADAPTER_FORMAT.to_string());
+        st_meta.insert("head_fingerprint".into(), meta.head_fingerprint.clone());
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+        pema_backbone::st::write_f32(&tmp, &views, st_meta)?;
+        std::fs::rename(&tmp, &weights).map_err(|e| AdapterError::io(&weights, e))?;
+        write_json(&dir.join(CONFIG_FILE), meta)
+    }
+
+    /// Loads an artifact written by [`PemaAdapter::save`] and checks it against `head`:
+    /// an adapter trained against another head (different fingerprint or shape) is refused.
+    pub fn load(dir: &Path, head: &LmHead<B>, device: &B::Device) -> Result<(Self, AdapterMeta)> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let meta: AdapterMeta = read_json(&cfg_path)?;
+        if meta.format != ADAPTER_FORMAT {
+            return Err(AdapterError::Format {
+                path: cfg_path,
+                message: format!(
+                    "unsupported adapter format `{}` (expected `{ADAPTER_FORMAT}`)",
+                    meta.format
+                ),
+            });
+        }
+        if meta.head_fingerprint != head.fingerprint
+            || meta.d != head.hidden_size()
+            || meta.vocab != head.vocab_size()
+        {
+            return Err(AdapterError::HeadMismatch {
+                path: cfg_path,
+                expected: format!(
+                    "{} (d {}, vocab {})",
+                    meta.head_fingerprint, meta.d, meta.vocab
+                ),
+                found: format!(
+                    "{} (d {}, vocab {})",
+                    head.fingerprint,
+                    head.hidden_size(),
+                    head.vocab_size()
+                ),
+            });
+        }
+        let config = meta.adapter_config();
+        config.validate()?;
+        let path = dir.join(WEIGHTS_FILE);
+        let file = pema_backbone::st::StFile::open(&path)?;
+        let (d, r) = (config.d, config.rank);
+        let get = |name: &str, shape: [usize; 2]| -> Result<Vec<f32>> {
+            let (v, s) = file.tensor_f32(name)?;
+            if s != shape {
+                return Err(AdapterError::Format {
+                    path: path.clone(),
+                    message: format!("tensor `{name}` has shape {s:?}, config implies {shape:?}"),
+                });
+            }
+            Ok(v)
+        };
+        let a = get("A", [r, d])?;
+        let b_rct = get("B_rct", [d, r])?;
+        let b_pd = get("B_pd", [d, r])?;
+        Ok((
+            Self::from_paper_layout(config, &a, &b_rct, &b_pd, device),
+            meta,
+        ))
+    }
+}
+
+/// The adapter artifact's description (`adapter.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterMeta {
+    /// Always [`ADAPTER_FORMAT`].
+    pub format: String,
+    /// Version of pema that wrote the artifact.
+    pub pema_version: String,
+    /// Rank r.
+    pub rank: usize,
+    /// Scale s = 1/r.
+    pub scale: f64,
+    /// Training-time input dropout p.
+    pub dropout: f64,
+    /// Phase-2 reconstruction weight κ.
+    pub kappa: f64,
+    /// Hidden size d.
+    pub d: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Fingerprint of the LM head the adapter was trained against.
+    pub head_fingerprint: String,
+    /// Model the head came from.
+    pub head_model: String,
+    /// Fingerprint of the training memory.
+    pub memory_fingerprint: String,
+    /// Fingerprint of the dev memory used for early stopping.
+    pub dev_memory_fingerprint: String,
+    /// Target/source length ratio estimated on the training data, when known (for
+    /// leak-free Gradual Unrolling).
+    pub length_ratio: Option<f64>,
+    /// Training summary (best steps, losses, configuration).
+    pub training: serde_json::Value,
+}
+
+impl AdapterMeta {
+    /// The adapter shape recorded in the artifact.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        AdapterConfig {
+            d: self.d,
+            vocab: self.vocab,
+            rank: self.rank,
+            dropout: self.dropout,
+            kappa: self.kappa,
+        }
+    }
+}
+
+/// Host f32 copy of a tensor (row-major).
+pub(crate) fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Result<Vec<f32>> {
+    t.to_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| AdapterError::Config(format!("cannot read tensor data: {e:?}")))
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = x[i * cols + j];
+        }
+    }
+    out
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| AdapterError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tmp: PathBuf = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(|e| AdapterError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AdapterError::io(path, e))
+}
+
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| AdapterError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    type F = NdArray<f64>;
+    type AD = Autodiff<F>;
+
+    fn pseudo(n: usize, salt: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 + 1.0) * 0.731 + salt).sin())
+            .collect()
+    }
+
+    fn tiny_head<B: Backend>(d: usize, v: usize, dev: &B::Device) -> LmHead<B> {
+        let norm: Vec<f32> = (0..d).map(|i| 0.8 + 0.1 * i as f32).collect();
+        LmHead::from_host(norm, 1e-6, pseudo(v * d, 0.3), v, "tiny", dev).expect("head")
+    }
+
+    #[test]
+    fn init_is_kaiming_uniform_and_zero_b() {
+        let dev = Default::default();
+        let cfg = AdapterConfig {
+            d: 64,
+            vocab: 5,
+            rank: 8,
+            dropout: 0.2,
+            kappa: 0.2,
+        };
+        let ad = PemaAdapter::<NdArray<f32>>::new(cfg, 7, &dev).expect("adapter");
+        let a = host(&ad.a).expect("a");
+        let bound = 1.0 / 8.0; // 1/√64
+        assert!(a.iter().all(|x| x.abs() <= bound));
+        let max = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(max > 0.9 * bound, "uniform over the whole range, max {max}");
+        assert!(host(&ad.b_rct).expect("b").iter().all(|x| *x == 0.0));
+        assert!(host(&ad.b_pd).expect("b").iter().all(|x| *x == 0.0));
+        assert_eq!(ad.num_params(), 3 * 64 * 8);
+        assert_eq!(AdapterConfig::paper(2048, 10).rank * 2048 * 3, 3_145_728);
+    }
+
+    /// Central finite differences (f64) against autodiff for every weight of A, B_rct, B_pd.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Default::default();
+        let (d, r, v, n) = (5, 3, 7, 4);
+        let cfg = AdapterConfig {
+            d,
+            vocab: v,
+            rank: r,
+            dropout: 0.2,
+            kappa: 0.3,
+        };
+        let head = tiny_head::<AD>(d, v, &dev);
+        let (a, b1, b2) = (pseudo(r * d, 0.1), pseudo(d * r, 0.2), pseudo(d * r, 0.4));
+        let f: Vec<f32> = pseudo(n * d, 0.9).iter().map(|x| 2.0 * x).collect();
+        let y = vec![1i64, 6, 0, 3];
+        let loss_of = |a: &[f32], b1: &[f32], b2: &[f32], grad: bool| {
+            let mut ad = PemaAdapter::<AD>::from_paper_layout(cfg, a, b1, b2, &dev);
+            if grad {
+                ad.a = ad.a.require_grad();
+                ad.b_rct = ad.b_rct.require_grad();
+                ad.b_pd = ad.b_pd.require_grad();
+            }
+            let ft = Tensor::<AD, 2>::from_data(TensorData::new(f.clone(), [n, d]), &dev);
+            let yt = Tensor::<AD, 1, Int>::from_data(TensorData::new(y.clone(), [n]), &dev);
+            let l = ad.losses(&head, ft, yt, Phase::Prediction, false);
+            (ad, l.total)
+        };
+        let (ad, loss) = loss_of(&a, &b1, &b2, true);
+        let grads = loss.backward();
+        let g = |t: &Tensor<AD, 2>| {
+            t.grad(&grads)
+                .expect("grad")
+                .into_data()
+                .into_vec::<f64>()
+                .expect("f64")
+        };
+        // Internal layouts are transposed: bring the gradients to the paper layout.
+        let ga = transpose_f64(&g(&ad.a), d, r);
+        let gb1 = transpose_f64(&g(&ad.b_rct), r, d);
+        let gb2 = transpose_f64(&g(&ad.b_pd), r, d);
+        let value = |a: &[f32], b1: &[f32], b2: &[f32]| {
+            let (_, l) = loss_of(a, b1, b2, false);
+            l.into_data().into_vec::<f64>().expect("f64")[0]
+        };
+        let h = 1e-3f32;
+        let mut worst = 0.0f64;
+        for which in 0..3 {
+            let len = [a.len(), b1.len(), b2.len()][which];
+            for i in 0..len {
+                let (mut ap, mut b1p, mut b2p) = (a.clone(), b1.clone(), b2.clone());
+                let (mut am, mut b1m, mut b2m) = (a.clone(), b1.clone(), b2.clone());
+                let (p, m) = match which {
+                    0 => (&mut ap[i], &mut am[i]),
+                    1 => (&mut b1p[i], &mut b1m[i]),
+                    _ => (&mut b2p[i], &mut b2m[i]),
+                };
+                *p += h;
+                *m -= h;
+                let hp = (*p as f64 - *m as f64) / 2.0;
+                let fd = (value(&ap, &b1p, &b2p) - value(&am, &b1m, &b2m)) / (2.0 * hp);
+                let an = [&ga, &gb1, &gb2][which][i];
+                let err = (fd - an).abs() / (1e-4 + fd.abs().max(an.abs()));
+                worst = worst.max(err);
+                assert!(err < 1e-4, "param {which}[{i}]: fd {fd} vs autodiff {an}");
+            }
+        }
+        assert!(worst < 1e-4);
+    }
+
+    fn transpose_f64(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+        let mut out = vec![0.0; x.len()];
+        for i in 0..rows {
+            for j in 0..cols {
+                out[j * rows + i] = x[i * cols + j];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dropout_only_in_training_and_inverted() {
+        let dev = Default::default();
+        let n = 400;
+        let cfg = AdapterConfig {
+            d: n,
+            vocab: 3,
+            rank: n,
+            dropout: 0.5,
+            kappa: 0.2,
+        };
+        let mut ad = PemaAdapter::<NdArray<f32>>::new(cfg, 1, &dev).expect("adapter");
+        // A = identity: z = s·dropout(f) element by element.
+        ad.a = Tensor::eye(n, &dev);
+        let f = Tensor::<NdArray<f32>, 2>::ones([1, n], &dev);
+        let s = 1.0 / n as f32;
+        let eval = host(&ad.bottleneck(f.clone(), false)).expect("z");
+        assert!(
+            eval.iter().all(|&z| (z - s).abs() < 1e-9),
+            "no dropout at inference"
+        );
+        let train = host(&ad.bottleneck(f, true)).expect("z");
+        // Inverted dropout: kept entries are scaled by 1/(1−p) = 2, dropped ones are 0.
+        let zeros = train.iter().filter(|&&z| z == 0.0).count();
+        assert!(
+            train
+                .iter()
+                .all(|&z| z == 0.0 || (z - 2.0 * s).abs() < 1e-9)
+        );
+        assert!(
+            (120..280).contains(&zeros),
+            "{zeros} of {n} dropped at p = 0.5"
+        );
+    }
+
+    #[test]
+    fn artifact_round_trips_and_refuses_another_head() {
+        let dev = Default::default();
+        type B = NdArray<f32>;
+        let (d, v) = (6, 9);
+        let head = tiny_head::<B>(d, v, &dev);
+        let cfg = AdapterConfig {
+            d,
+            vocab: v,
+            rank: 4,
+            dropout: 0.2,
+            kappa: 0.2,
+        };
+        let mut ad = PemaAdapter::<B>::new(cfg, 3, &dev).expect("adapter");
+        ad.b_pd = Tensor::from_data(TensorData::new(pseudo(4 * d, 0.5), [4, d]), &dev);
+        let meta = AdapterMeta {
+            format: ADAPTER_FORMAT.into(),
+            pema_version: "test".into(),
+            rank: 4,
+            scale: 0.25,
+            dropout: 0.2,
+            kappa: 0.2,
+            d,
+            vocab: v,
+            head_fingerprint: head.fingerprint.clone(),
+            head_model: head.model.clone(),
+            memory_fingerprint: "m".into(),
+            dev_memory_fingerprint: "dm".into(),
+            length_ratio: Some(1.1),
+            training: serde_json::Value::Null,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        ad.save(dir.path(), &meta).expect("save");
+        let (back, meta2) = PemaAdapter::<B>::load(dir.path(), &head, &dev).expect("load");
+        assert_eq!(meta, meta2);
+        assert_eq!(host(&back.a).expect("a"), host(&ad.a).expect("a"));
+        assert_eq!(host(&back.b_pd).expect("b"), host(&ad.b_pd).expect("b"));
+        let f = Tensor::<B, 2>::from_data(TensorData::new(pseudo(2 * d, 0.7), [2, d]), &dev);
+        assert_eq!(
+            host(&back.logits(&head, f.clone())).expect("l"),
+            host(&ad.logits(&head, f)).expect("l")
+        );
+        // Another head (one weight changed) must be refused with a clear error.
+        let mut w = pseudo(v * d, 0.3);
+        w[0] += 1.0;
+        let norm: Vec<f32> = (0..d).map(|i| 0.8 + 0.1 * i as f32).collect();
+        let other = LmHead::<B>::from_host(norm, 1e-6, w, v, "tiny", &dev).expect("head");
+        let err = PemaAdapter::<B>::load(dir.path(), &other, &dev).expect_err("must refuse");
+        assert!(matches!(err, AdapterError::HeadMismatch { .. }));
+        assert!(err.to_string().contains("refusing"), "{err}");
+    }
+}

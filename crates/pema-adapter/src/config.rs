@@ -1,0 +1,193 @@
+//! Hyper-parameters of the adapter and of its two-phase training, with the paper's values as
+//! defaults (spec §3: r = 512, κ = 0.2, dropout 0.2, Adam lr 1e-3, batches 20,480 / 2,048,
+//! up to 200 epochs, validation every 100 steps).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AdapterError, Result};
+
+/// Shape and regularisation of a PEMA adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdapterConfig {
+    /// Hidden size d of the context representations f(c) (= the head's width).
+    pub d: usize,
+    /// Vocabulary size of the head.
+    pub vocab: usize,
+    /// Bottleneck rank r (paper: 512).
+    pub rank: usize,
+    /// Input dropout probability p on f(c), training only (paper: 0.2).
+    pub dropout: f64,
+    /// Weight κ of the reconstruction loss in phase 2: L = κ·L_rct + (1−κ)·L_pd (paper: 0.2).
+    pub kappa: f64,
+}
+
+impl AdapterConfig {
+    /// The paper's adapter for a head of width `d` and vocabulary `vocab`
+    /// (r = 512, p = 0.2, κ = 0.2).
+    pub fn paper(d: usize, vocab: usize) -> Self {
+        Self {
+            d,
+            vocab,
+            rank: 512,
+            dropout: 0.2,
+            kappa: 0.2,
+        }
+    }
+
+    /// Scale s = 1/r applied to the bottleneck: z = s·A·dropout(f).
+    pub fn scale(&self) -> f64 {
+        1.0 / self.rank as f64
+    }
+
+    /// Checks ranges (non-zero sizes, p ∈ [0, 1), κ ∈ [0, 1]).
+    pub fn validate(&self) -> Result<()> {
+        if self.d == 0 || self.vocab == 0 || self.rank == 0 {
+            return Err(AdapterError::Config(format!(
+                "d ({}), vocab ({}) and rank ({}) must be positive",
+                self.d, self.vocab, self.rank
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(AdapterError::Config(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.kappa) {
+            return Err(AdapterError::Config(format!(
+                "kappa must be in [0, 1], got {}",
+                self.kappa
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of one training phase.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PhaseConfig {
+    /// Mini-batch size (paper: 20,480 in phase 1, 2,048 in phase 2).
+    pub batch_size: usize,
+    /// Maximum number of epochs over the training memory (paper: 200).
+    pub max_epochs: usize,
+    /// Optional hard cap on optimiser steps (tests, benchmarks, smoke runs).
+    pub max_steps: Option<u64>,
+}
+
+/// Everything that controls [`crate::train`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Bottleneck rank r.
+    pub rank: usize,
+    /// Input dropout p.
+    pub dropout: f64,
+    /// Reconstruction weight κ of phase 2.
+    pub kappa: f64,
+    /// Phase 1: autoencoder (A₁, B_rct) on L_rct.
+    pub phase1: PhaseConfig,
+    /// Phase 2: fresh (A, B_pd), frozen B_rct, on κ·L_rct + (1−κ)·L_pd.
+    pub phase2: PhaseConfig,
+    /// Adam learning rate (paper: 1e-3).
+    pub lr: f64,
+    /// Adam β₁ (PyTorch default 0.9).
+    pub beta1: f64,
+    /// Adam β₂ (PyTorch default 0.999).
+    pub beta2: f64,
+    /// Adam ε, added outside the square root as in PyTorch (1e-8; burn's default is 1e-5).
+    pub epsilon: f64,
+    /// Validate on the dev memory every this many optimiser steps (paper: 100).
+    pub validate_every: u64,
+    /// Batch size used to evaluate the dev memory (does not change the result, only memory).
+    pub dev_batch_size: usize,
+    /// Write a `train` log line every this many steps (losses are read from the device then).
+    pub log_every: u64,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Continue from `OUT/checkpoint` when it exists.
+    pub resume: bool,
+    /// Target/source length ratio estimated on the training memory, recorded in the artifact
+    /// for leak-free Gradual Unrolling (optional).
+    pub length_ratio: Option<f64>,
+    /// Stop this process with [`AdapterError::Halted`] after this many optimiser steps (over
+    /// both phases), as a scheduler's time limit would: the next run with `resume` continues
+    /// from the last checkpoint. `None`: run to the end.
+    #[serde(default)]
+    pub halt_after_steps: Option<u64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            rank: 512,
+            dropout: 0.2,
+            kappa: 0.2,
+            phase1: PhaseConfig {
+                batch_size: 20_480,
+                max_epochs: 200,
+                max_steps: None,
+            },
+            phase2: PhaseConfig {
+                batch_size: 2_048,
+                max_epochs: 200,
+                max_steps: None,
+            },
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            validate_every: 100,
+            dev_batch_size: 2_048,
+            log_every: 10,
+            seed: 0,
+            progress: true,
+            resume: true,
+            length_ratio: None,
+            halt_after_steps: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The adapter shape these settings give for a head of width `d` and vocabulary `vocab`.
+    pub fn adapter(&self, d: usize, vocab: usize) -> AdapterConfig {
+        AdapterConfig {
+            d,
+            vocab,
+            rank: self.rank,
+            dropout: self.dropout,
+            kappa: self.kappa,
+        }
+    }
+
+    /// Checks ranges of every field.
+    pub fn validate(&self) -> Result<()> {
+        self.adapter(1, 1).validate()?;
+        for (name, p) in [("phase1", &self.phase1), ("phase2", &self.phase2)] {
+            if p.batch_size == 0 || p.max_epochs == 0 {
+                return Err(AdapterError::Config(format!(
+                    "{name}: batch size and max epochs must be positive"
+                )));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(AdapterError::Config(format!(
+                "learning rate must be positive and finite, got {}",
+                self.lr
+            )));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err(AdapterError::Config("Adam betas must be in [0, 1)".into()));
+        }
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(AdapterError::Config("Adam epsilon must be positive".into()));
+        }
+        if self.validate_every == 0 || self.dev_batch_size == 0 || self.log_every == 0 {
+            return Err(AdapterError::Config(
+                "validate_every, dev_batch_size and log_every must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! # pema-adapter — the data owner's side of PEMA
+//!
+//! The adapter ([`PemaAdapter`]) is a LoRA-like bottleneck without a frozen base weight,
+//! z = s·A·dropout(f), h_rct = B_rct·z, h_pd = B_pd·z, read through the frozen LM head
+//! (P_PEMA = softmax(W_hd·norm(h_pd)); paper §3). It is trained on an external memory of
+//! (f(c_t), y_t) pairs in two phases ([`train`]): an autoencoder on L_rct, then a fresh
+//! (A, B_pd) with frozen B_rct on L = κ·L_rct + (1−κ)·L_pd.
+//!
+//! Everything is generic over burn's `B: Backend` (training over `B: AutodiffBackend`); only
+//! A, B_rct and B_pd ever receive gradients — the head is used as constant tensors.
+//!
+//! The artifact is a directory with `adapter.safetensors` (A `[r, d]`, B_rct `[d, r]`,
+//! B_pd `[d, r]`, the paper's layout) and `adapter.json` ([`AdapterMeta`]: r, scale, dropout,
+//! κ, d, vocab, head and memory fingerprints, pema version). [`PemaAdapter::load`] refuses an
+//! adapter trained against another head.
+
+pub mod adam;
+pub mod adapter;
+pub mod config;
+pub mod error;
+pub mod train;
+
+pub use adam::Adam;
+pub use adapter::{ADAPTER_FORMAT, AdapterMeta, Losses, PemaAdapter, Phase};
+pub use config::{AdapterConfig, PhaseConfig, TrainConfig};
+pub use error::{AdapterError, Result};
+pub use train::{DevMetrics, PhaseReport, TrainReport, record_validation, train, train_step};

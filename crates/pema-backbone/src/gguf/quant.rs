@@ -1,0 +1,645 @@
+//! ggml block formats: dequantisation (bit-exact with ggml's `dequantize_row_*`) and simple
+//! reference quantisers (round-to-nearest; K-quants with a plain min/max scale choice).
+//!
+//! Block layouts (all little-endian, `f16` = IEEE binary16):
+//! - Q4_0 (32 elems, 18 B): `d: f16, qs: [u8; 16]`; element j < 16 is the low nibble of
+//!   `qs[j]`, element j + 16 the high nibble; x = d·(q − 8).
+//! - Q4_1 (32, 20 B): `d: f16, m: f16, qs: [u8; 16]`; x = d·q + m.
+//! - Q5_0 (32, 22 B): `d: f16, qh: u32, qs: [u8; 16]`; bit j of `qh` is the fifth bit of
+//!   element j, bit j + 16 that of element j + 16; x = d·(q − 16).
+//! - Q5_1 (32, 24 B): `d: f16, m: f16, qh: u32, qs: [u8; 16]`; x = d·q + m.
+//! - Q8_0 (32, 34 B): `d: f16, qs: [i8; 32]`; x = d·q. Q8_1 (36 B) adds `s: f16` after `d`.
+//! - Q4_K (256, 144 B): `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; eight sub-blocks of
+//!   32 with 6-bit scale `sc` and min `m` packed in `scales`; x = d·sc·q − dmin·m. Each group of
+//!   64 elements shares 32 bytes of `qs`: low nibbles are the first 32, high nibbles the next 32.
+//! - Q5_K (256, 176 B): `d, dmin, scales[12], qh: [u8; 32], qs: [u8; 128]`; as Q4_K with a fifth
+//!   bit per element from `qh` (bit 2g for the low half of group g, bit 2g + 1 for the high).
+//! - Q6_K (256, 210 B): `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; sixteen
+//!   sub-blocks of 16 with an i8 scale each; x = d·scale·(q − 32).
+
+use rayon::prelude::*;
+
+use super::{GgmlType, GgufError};
+
+/// Below this many elements (de)quantisation runs on the calling thread.
+const PARALLEL_THRESHOLD: usize = 1 << 16;
+/// Elements per parallel task.
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+#[inline]
+fn f16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// ggml's fp32 → bf16 conversion: round to nearest even, NaN kept quiet.
+fn f32_to_bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((u >> 16) | 64) as u16;
+    }
+    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block (ggml `get_scale_min_k4`).
+#[inline]
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// A kernel turning whole blocks `src` into `dst` (`dst.len()` = blocks × block_elems).
+type DequantKernel = fn(&[u8], &mut [f32]);
+
+fn kernel_for(ty: GgmlType) -> Option<DequantKernel> {
+    Some(match ty {
+        GgmlType::F32 => deq_f32,
+        GgmlType::F16 => deq_f16,
+        GgmlType::BF16 => deq_bf16,
+        GgmlType::F64 => deq_f64,
+        GgmlType::I8 => deq_i8,
+        GgmlType::I16 => deq_i16,
+        GgmlType::I32 => deq_i32,
+        GgmlType::I64 => deq_i64,
+        GgmlType::Q4_0 => deq_q4_0,
+        GgmlType::Q4_1 => deq_q4_1,
+        GgmlType::Q5_0 => deq_q5_0,
+        GgmlType::Q5_1 => deq_q5_1,
+        GgmlType::Q8_0 => deq_q8_0,
+        GgmlType::Q8_1 => deq_q8_1,
+        GgmlType::Q4_K => deq_q4_k,
+        GgmlType::Q5_K => deq_q5_k,
+        GgmlType::Q6_K => deq_q6_k,
+        _ => return None,
+    })
+}
+
+/// Dequantises `n_elements` values of type `ty` from `bytes` (exactly `ty.bytes_for(n)` long)
+/// into row-major `f32`, as ggml's `dequantize_row_*` does. Large inputs run in parallel.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>, GgufError> {
+    let kernel = kernel_for(ty).ok_or_else(|| GgufError::UnsupportedType {
+        tensor: format!("<{ty} buffer>"),
+        type_id: ty.id(),
+    })?;
+    let expected = ty
+        .bytes_for(n_elements)
+        .ok_or_else(|| GgufError::BadLength {
+            what: format!(
+                "{ty} element count (must be a multiple of {})",
+                ty.block_elems()
+            ),
+            expected: (n_elements / ty.block_elems() * ty.block_elems()) as u64,
+            actual: n_elements as u64,
+        })?;
+    if bytes.len() != expected {
+        return Err(GgufError::BadLength {
+            what: format!("{ty} data bytes for {n_elements} elements"),
+            expected: expected as u64,
+            actual: bytes.len() as u64,
+        });
+    }
+    let mut out = vec![0f32; n_elements];
+    let (be, bb) = (ty.block_elems(), ty.block_bytes());
+    if n_elements < PARALLEL_THRESHOLD {
+        kernel(bytes, &mut out);
+    } else {
+        let blocks_per_task = (ELEMS_PER_TASK / be).max(1);
+        out.par_chunks_mut(blocks_per_task * be)
+            .zip(bytes.par_chunks(blocks_per_task * bb))
+            .for_each(|(dst, src)| kernel(src, dst));
+    }
+    Ok(out)
+}
+
+fn deq_f32(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+fn deq_f16(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *y = f16_at(b, 0);
+    }
+}
+
+fn deq_bf16(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *y = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+    }
+}
+
+fn deq_f64(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        *y = f64::from_le_bytes(a) as f32;
+    }
+}
+
+fn deq_i8(src: &[u8], dst: &mut [f32]) {
+    for (y, &b) in dst.iter_mut().zip(src) {
+        *y = f32::from(b as i8);
+    }
+}
+
+fn deq_i16(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *y = f32::from(i16::from_le_bytes([b[0], b[1]]));
+    }
+}
+
+fn deq_i32(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *y = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32;
+    }
+}
+
+fn deq_i64(src: &[u8], dst: &mut [f32]) {
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        *y = i64::from_le_bytes(a) as f32;
+    }
+}
+
+fn deq_q4_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
+        let d = f16_at(b, 0);
+        let qs = &b[2..18];
+        for j in 0..16 {
+            y[j] = (i32::from(qs[j] & 0xF) - 8) as f32 * d;
+            y[j + 16] = (i32::from(qs[j] >> 4) - 8) as f32 * d;
+        }
+    }
+}
+
+fn deq_q4_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(32)) {
+        let d = f16_at(b, 0);
+        let m = f16_at(b, 2);
+        let qs = &b[4..20];
+        for j in 0..16 {
+            y[j] = f32::from(qs[j] & 0xF) * d + m;
+            y[j + 16] = f32::from(qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+fn deq_q5_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(32)) {
+        let d = f16_at(b, 0);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = &b[6..22];
+        for j in 0..16 {
+            let xh0 = ((qh >> j) << 4) & 0x10;
+            let xh1 = (qh >> (j + 12)) & 0x10;
+            let x0 = (u32::from(qs[j] & 0xF) | xh0) as i32 - 16;
+            let x1 = (u32::from(qs[j] >> 4) | xh1) as i32 - 16;
+            y[j] = x0 as f32 * d;
+            y[j + 16] = x1 as f32 * d;
+        }
+    }
+}
+
+fn deq_q5_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(24).zip(dst.chunks_exact_mut(32)) {
+        let d = f16_at(b, 0);
+        let m = f16_at(b, 2);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let qs = &b[8..24];
+        for j in 0..16 {
+            let xh0 = ((qh >> j) << 4) & 0x10;
+            let xh1 = (qh >> (j + 12)) & 0x10;
+            let x0 = u32::from(qs[j] & 0xF) | xh0;
+            let x1 = u32::from(qs[j] >> 4) | xh1;
+            y[j] = x0 as f32 * d + m;
+            y[j + 16] = x1 as f32 * d + m;
+        }
+    }
+}
+
+fn deq_q8_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+        let d = f16_at(b, 0);
+        for (yj, &q) in y.iter_mut().zip(&b[2..34]) {
+            *yj = f32::from(q as i8) * d;
+        }
+    }
+}
+
+fn deq_q8_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(36).zip(dst.chunks_exact_mut(32)) {
+        let d = f16_at(b, 0);
+        for (yj, &q) in y.iter_mut().zip(&b[4..36]) {
+            *yj = f32::from(q as i8) * d;
+        }
+    }
+}
+
+fn deq_q4_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
+        let d = f16_at(b, 0);
+        let dmin = f16_at(b, 2);
+        let scales = &b[4..16];
+        let qs = &b[16..144];
+        for g in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * g, scales);
+            let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
+            let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
+            let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
+            let q = &qs[32 * g..32 * g + 32];
+            let y = &mut y[64 * g..64 * g + 64];
+            for l in 0..32 {
+                y[l] = d1 * f32::from(q[l] & 0xF) - m1;
+                y[l + 32] = d2 * f32::from(q[l] >> 4) - m2;
+            }
+        }
+    }
+}
+
+fn deq_q5_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(176).zip(dst.chunks_exact_mut(256)) {
+        let d = f16_at(b, 0);
+        let dmin = f16_at(b, 2);
+        let scales = &b[4..16];
+        let qh = &b[16..48];
+        let qs = &b[48..176];
+        for g in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * g, scales);
+            let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
+            let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
+            let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
+            let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+            let ql = &qs[32 * g..32 * g + 32];
+            let y = &mut y[64 * g..64 * g + 64];
+            for l in 0..32 {
+                let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+                let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+                y[l] = d1 * f32::from((ql[l] & 0xF) + h1) - m1;
+                y[l + 32] = d2 * f32::from((ql[l] >> 4) + h2) - m2;
+            }
+        }
+    }
+}
+
+fn deq_q6_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
+        let d = f16_at(b, 208);
+        for h in 0..2 {
+            let ql = &b[64 * h..64 * h + 64];
+            let qh = &b[128 + 32 * h..128 + 32 * h + 32];
+            let sc = &b[192 + 8 * h..192 + 8 * h + 8];
+            let y = &mut y[128 * h..128 * h + 128];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = i32::from((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
+                let q2 = i32::from((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * f32::from(sc[is] as i8) * q1 as f32;
+                y[l + 32] = d * f32::from(sc[is + 2] as i8) * q2 as f32;
+                y[l + 64] = d * f32::from(sc[is + 4] as i8) * q3 as f32;
+                y[l + 96] = d * f32::from(sc[is + 6] as i8) * q4 as f32;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantisation
+// ---------------------------------------------------------------------------------------------
+
+/// A kernel encoding one block of `block_elems` values into `block_bytes` bytes.
+type QuantKernel = fn(&[f32], &mut [u8]);
+
+/// Quantises `values` (row-major, length a multiple of the block size) into ggml blocks of type
+/// `ty`. Legacy quants follow ggml's reference round-to-nearest quantisers; the K-quants use a
+/// plain min/max choice of sub-block scales (no iterative search), which is within a small factor
+/// of ggml's error.
+pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, GgufError> {
+    let n = values.len();
+    let n_bytes = ty.bytes_for(n).ok_or_else(|| GgufError::BadLength {
+        what: format!(
+            "{ty} value count (must be a multiple of {})",
+            ty.block_elems()
+        ),
+        expected: (n / ty.block_elems() * ty.block_elems()) as u64,
+        actual: n as u64,
+    })?;
+    let plain = |f: &dyn Fn(f32, &mut Vec<u8>)| {
+        let mut out = Vec::with_capacity(n_bytes);
+        for &x in values {
+            f(x, &mut out);
+        }
+        out
+    };
+    let kernel: QuantKernel = match ty {
+        GgmlType::F32 => return Ok(plain(&|x, o| o.extend_from_slice(&x.to_le_bytes()))),
+        GgmlType::F16 => return Ok(plain(&|x, o| o.extend_from_slice(&f16_bytes(x)))),
+        GgmlType::BF16 => {
+            return Ok(plain(&|x, o| {
+                o.extend_from_slice(&f32_to_bf16_bits(x).to_le_bytes())
+            }));
+        }
+        GgmlType::F64 => {
+            return Ok(plain(&|x, o| {
+                o.extend_from_slice(&f64::from(x).to_le_bytes())
+            }));
+        }
+        GgmlType::I8 => return Ok(plain(&|x, o| o.push(x.round() as i8 as u8))),
+        GgmlType::I16 => {
+            return Ok(plain(&|x, o| {
+                o.extend_from_slice(&(x.round() as i16).to_le_bytes())
+            }));
+        }
+        GgmlType::I32 => {
+            return Ok(plain(&|x, o| {
+                o.extend_from_slice(&(x.round() as i32).to_le_bytes())
+            }));
+        }
+        GgmlType::I64 => {
+            return Ok(plain(&|x, o| {
+                o.extend_from_slice(&(x.round() as i64).to_le_bytes())
+            }));
+        }
+        GgmlType::Q4_0 => q_q4_0,
+        GgmlType::Q4_1 => q_q4_1,
+        GgmlType::Q5_0 => q_q5_0,
+        GgmlType::Q5_1 => q_q5_1,
+        GgmlType::Q8_0 => q_q8_0,
+        GgmlType::Q8_1 => q_q8_1,
+        GgmlType::Q4_K => q_q4_k,
+        GgmlType::Q5_K => q_q5_k,
+        GgmlType::Q6_K => q_q6_k,
+        _ => {
+            return Err(GgufError::UnsupportedType {
+                tensor: format!("<{ty} quantisation>"),
+                type_id: ty.id(),
+            });
+        }
+    };
+    let mut out = vec![0u8; n_bytes];
+    let (be, bb) = (ty.block_elems(), ty.block_bytes());
+    if n < PARALLEL_THRESHOLD {
+        for (x, o) in values.chunks_exact(be).zip(out.chunks_exact_mut(bb)) {
+            kernel(x, o);
+        }
+    } else {
+        out.par_chunks_mut(bb)
+            .zip(values.par_chunks(be))
+            .with_min_len((ELEMS_PER_TASK / be).max(1))
+            .for_each(|(o, x)| kernel(x, o));
+    }
+    Ok(out)
+}
+
+/// The value of largest magnitude (with its sign) and that magnitude.
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+#[inline]
+fn inv(d: f32) -> f32 {
+    if d != 0.0 { 1.0 / d } else { 0.0 }
+}
+
+fn q_q4_0(x: &[f32], o: &mut [u8]) {
+    let (max, _) = signed_absmax(x);
+    let d = max / -8.0;
+    let id = inv(d);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    for j in 0..16 {
+        let a = ((x[j] * id + 8.5) as i32).clamp(0, 15) as u8;
+        let b = ((x[j + 16] * id + 8.5) as i32).clamp(0, 15) as u8;
+        o[2 + j] = a | (b << 4);
+    }
+}
+
+fn q_q4_1(x: &[f32], o: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = inv(d);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    o[2..4].copy_from_slice(&f16_bytes(min));
+    for j in 0..16 {
+        let a = (((x[j] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+        let b = (((x[j + 16] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+        o[4 + j] = a | (b << 4);
+    }
+}
+
+fn q_q5_0(x: &[f32], o: &mut [u8]) {
+    let (max, _) = signed_absmax(x);
+    let d = max / -16.0;
+    let id = inv(d);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let a = ((x[j] * id + 16.5) as i32).clamp(0, 31) as u32;
+        let b = ((x[j + 16] * id + 16.5) as i32).clamp(0, 31) as u32;
+        o[6 + j] = ((a & 0xF) | ((b & 0xF) << 4)) as u8;
+        qh |= ((a & 0x10) >> 4) << j;
+        qh |= ((b & 0x10) >> 4) << (j + 16);
+    }
+    o[2..6].copy_from_slice(&qh.to_le_bytes());
+}
+
+fn q_q5_1(x: &[f32], o: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = inv(d);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    o[2..4].copy_from_slice(&f16_bytes(min));
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let a = (((x[j] - min) * id + 0.5) as i32).clamp(0, 31) as u32;
+        let b = (((x[j + 16] - min) * id + 0.5) as i32).clamp(0, 31) as u32;
+        o[8 + j] = ((a & 0xF) | ((b & 0xF) << 4)) as u8;
+        qh |= ((a & 0x10) >> 4) << j;
+        qh |= ((b & 0x10) >> 4) << (j + 16);
+    }
+    o[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
+fn q_q8_0(x: &[f32], o: &mut [u8]) {
+    let (_, amax) = signed_absmax(x);
+    let d = amax / 127.0;
+    let id = inv(d);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    for (q, &v) in o[2..34].iter_mut().zip(x) {
+        *q = ((v * id).round().clamp(-127.0, 127.0) as i8) as u8;
+    }
+}
+
+fn q_q8_1(x: &[f32], o: &mut [u8]) {
+    let (_, amax) = signed_absmax(x);
+    let d = amax / 127.0;
+    let id = inv(d);
+    let mut sum = 0i32;
+    for (q, &v) in o[4..36].iter_mut().zip(x) {
+        let qi = (v * id).round().clamp(-127.0, 127.0) as i8;
+        sum += i32::from(qi);
+        *q = qi as u8;
+    }
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    o[2..4].copy_from_slice(&f16_bytes(sum as f32 * d));
+}
+
+/// Packs eight 6-bit scales and mins as ggml's `get_scale_min_k4` unpacks them.
+fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], out: &mut [u8]) {
+    for j in 0..4 {
+        out[j] = ls[j] | ((ls[j + 4] >> 4) << 6);
+        out[j + 4] = lm[j] | ((lm[j + 4] >> 4) << 6);
+        out[j + 8] = (ls[j + 4] & 0xF) | ((lm[j + 4] & 0xF) << 4);
+    }
+}
+
+/// Shared Q4_K/Q5_K scale choice: per sub-block of 32, scale = (max − min)/nmax and
+/// min = −min(0, min x), both quantised to 6 bits against the block's largest.
+/// Returns (d, dmin, 6-bit scales, 6-bit mins, integer levels 0..=nmax).
+fn k_quant_levels(x: &[f32], nmax: f32) -> (f32, f32, [u8; 8], [u8; 8], [u8; 256]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    for j in 0..8 {
+        let (lo, hi) = min_max(&x[32 * j..32 * j + 32]);
+        let lo = lo.min(0.0);
+        scales[j] = (hi - lo) / nmax;
+        mins[j] = -lo;
+    }
+    let max_scale = scales.iter().copied().fold(0f32, f32::max);
+    let max_min = mins.iter().copied().fold(0f32, f32::max);
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        ls[j] = (inv_scale * scales[j]).round().clamp(0.0, 63.0) as u8;
+        lm[j] = (inv_min * mins[j]).round().clamp(0.0, 63.0) as u8;
+    }
+    let d = half::f16::from_f32(max_scale / 63.0).to_f32();
+    let dmin = half::f16::from_f32(max_min / 63.0).to_f32();
+    let mut levels = [0u8; 256];
+    for j in 0..8 {
+        let dj = d * f32::from(ls[j]);
+        let mj = dmin * f32::from(lm[j]);
+        let idj = inv(dj);
+        for i in 0..32 {
+            let v = (x[32 * j + i] + mj) * idj;
+            levels[32 * j + i] = v.round().clamp(0.0, nmax) as u8;
+        }
+    }
+    (d, dmin, ls, lm, levels)
+}
+
+fn q_q4_k(x: &[f32], o: &mut [u8]) {
+    let (d, dmin, ls, lm, lv) = k_quant_levels(x, 15.0);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    o[2..4].copy_from_slice(&f16_bytes(dmin));
+    pack_scale_min_k4(&ls, &lm, &mut o[4..16]);
+    let qs = &mut o[16..144];
+    for g in 0..4 {
+        for l in 0..32 {
+            qs[32 * g + l] = lv[64 * g + l] | (lv[64 * g + 32 + l] << 4);
+        }
+    }
+}
+
+fn q_q5_k(x: &[f32], o: &mut [u8]) {
+    let (d, dmin, ls, lm, lv) = k_quant_levels(x, 31.0);
+    o[0..2].copy_from_slice(&f16_bytes(d));
+    o[2..4].copy_from_slice(&f16_bytes(dmin));
+    pack_scale_min_k4(&ls, &lm, &mut o[4..16]);
+    let (qh, qs) = o[16..176].split_at_mut(32);
+    qh.fill(0);
+    for g in 0..4 {
+        let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+        for l in 0..32 {
+            let a = lv[64 * g + l];
+            let b = lv[64 * g + 32 + l];
+            qs[32 * g + l] = (a & 0xF) | ((b & 0xF) << 4);
+            if a & 0x10 != 0 {
+                qh[l] |= u1;
+            }
+            if b & 0x10 != 0 {
+                qh[l] |= u2;
+            }
+        }
+    }
+}
+
+fn q_q6_k(x: &[f32], o: &mut [u8]) {
+    // Sub-block scales: the signed extreme maps to −32.
+    let mut scales = [0f32; 16];
+    for (j, s) in scales.iter_mut().enumerate() {
+        let (max, _) = signed_absmax(&x[16 * j..16 * j + 16]);
+        *s = max / -32.0;
+    }
+    let (max_scale, _) = signed_absmax(&scales);
+    let iscale = if max_scale != 0.0 {
+        -128.0 / max_scale
+    } else {
+        0.0
+    };
+    let mut sc = [0i8; 16];
+    for j in 0..16 {
+        sc[j] = (iscale * scales[j]).round().clamp(-128.0, 127.0) as i8;
+    }
+    let d = half::f16::from_f32(inv(iscale)).to_f32();
+    let mut lv = [0u8; 256];
+    for j in 0..16 {
+        let idj = inv(d * f32::from(sc[j]));
+        for i in 0..16 {
+            let q = (x[16 * j + i] * idj).round().clamp(-32.0, 31.0) as i32;
+            lv[16 * j + i] = (q + 32) as u8;
+        }
+    }
+    let (ql, rest) = o.split_at_mut(128);
+    let (qh, rest) = rest.split_at_mut(64);
+    for h in 0..2 {
+        for l in 0..32 {
+            let base = 128 * h;
+            let (q1, q2, q3, q4) = (
+                lv[base + l],
+                lv[base + l + 32],
+                lv[base + l + 64],
+                lv[base + l + 96],
+            );
+            ql[64 * h + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+            ql[64 * h + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+            qh[32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+    for j in 0..16 {
+        rest[j] = sc[j] as u8;
+    }
+    rest[16..18].copy_from_slice(&f16_bytes(d));
+}

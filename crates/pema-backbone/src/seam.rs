@@ -1,0 +1,108 @@
+//! The PEMA seam: what the PLM owner exposes at each decoding step.
+//!
+//! At step t of decoding, for every sequence b of the batch, the PLM computes the context
+//! representation f(c_t) — the residual stream at the last position after the last block and
+//! before the final norm (paper §2, `f(c)`) — and its next-token logits. A [`StepPolicy`] sees
+//! both and chooses the next tokens: greedy PLM decoding ([`Greedy`]), PEMA's interpolation with
+//! Gradual Unrolling, or a memory builder that records keys while letting the PLM decode.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// Context representations f(c) of a batch: `[batch, d]`, pre-final-norm.
+#[derive(Debug, Clone)]
+pub struct ContextRepr<B: Backend>(pub Tensor<B, 2>);
+
+/// Everything the PLM returns for one decoding step of a batch.
+#[derive(Debug, Clone)]
+pub struct StepOutput<B: Backend> {
+    /// Step index within the generated continuation (0 = first generated token).
+    pub step: usize,
+    /// f(c) for each sequence, `[batch, d]`.
+    pub context: ContextRepr<B>,
+    /// PLM logits for the next token, `[batch, vocab]`.
+    pub logits: Tensor<B, 2>,
+    /// Which sequences are still generating (false once a sequence has stopped).
+    pub active: Vec<bool>,
+}
+
+/// Chooses the next token of every sequence from a [`StepOutput`].
+pub trait StepPolicy<B: Backend> {
+    /// Returns one token id per sequence (ids for inactive sequences are ignored).
+    fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32>;
+}
+
+/// Plain greedy decoding on the PLM's logits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Greedy;
+
+impl<B: Backend> StepPolicy<B> for Greedy {
+    fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
+        argmax_rows(out.logits.clone())
+    }
+}
+
+/// Row-wise argmax of a `[batch, vocab]` tensor, as host token ids.
+pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Vec<u32> {
+    let ids = x.argmax(1).into_data();
+    ids.convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// Options of a batched generation.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    /// Maximum number of new tokens, per sequence (a single value is broadcast).
+    pub max_new_tokens: Vec<usize>,
+    /// Token ids that end a sequence (kept in the output as its last token).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl GenerateOptions {
+    /// The same `max_new_tokens` for every sequence.
+    pub fn uniform(max_new_tokens: usize, stop_tokens: Vec<u32>) -> Self {
+        Self {
+            max_new_tokens: vec![max_new_tokens],
+            stop_tokens,
+        }
+    }
+
+    /// The maximum for sequence `i` (broadcasting a single value).
+    pub fn max_for(&self, i: usize) -> usize {
+        match self.max_new_tokens.as_slice() {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A pretrained language model as the PLM owner runs it: the interface the memory builder
+/// and PEMA decoding are written against (and that tests can fake).
+pub trait Plm<B: Backend> {
+    /// Hidden size d of the context representations.
+    fn hidden_size(&self) -> usize;
+    /// Vocabulary size.
+    fn vocab_size(&self) -> usize;
+    /// The device the model runs on.
+    fn device(&self) -> B::Device;
+    /// Batched generation from token-id prompts (left-padded internally). At every step the
+    /// `policy` sees f(c) and the logits of every sequence and picks the next tokens.
+    /// Returns the generated ids of each sequence (a stop token, when hit, is the last one).
+    fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        policy: &mut dyn StepPolicy<B>,
+    ) -> crate::error::Result<Vec<Vec<u32>>>;
+    /// Teacher forcing: for each `(prompt, continuation)` pair, the context representations
+    /// f(prompt + y_<t) for t = 0..len(continuation), as `[len(continuation), d]`.
+    fn teacher_forced_contexts(
+        &self,
+        prompts: &[Vec<u32>],
+        continuations: &[Vec<u32>],
+    ) -> crate::error::Result<Vec<Tensor<B, 2>>>;
+}

@@ -1,0 +1,132 @@
+//! Small safetensors helpers: memory-mapped reading with f32/f16/bf16 → f32 conversion, and
+//! writing f32 tensors with string metadata.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{BackboneError, Result};
+
+/// A memory-mapped safetensors file.
+pub struct StFile {
+    path: PathBuf,
+    mmap: Mmap,
+    metadata: HashMap<String, String>,
+}
+
+impl StFile {
+    /// Maps `path` and validates its header.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|source| BackboneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the file is opened read-only; pema never writes a file it has mapped, and a
+        // concurrent external truncation is outside what any mmap-based reader can guard against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| BackboneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e))?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            metadata,
+        })
+    }
+
+    /// The file's `__metadata__` string map.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    fn tensors(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.mmap).map_err(|e| st_err(&self.path, e))
+    }
+
+    /// Names of all tensors in the file.
+    pub fn names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .tensors()?
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Reads one tensor as f32 (from F32, F16 or BF16), with its shape.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let st = self.tensors()?;
+        let view = st.tensor(name).map_err(|_| BackboneError::Weight {
+            name: name.to_string(),
+            message: format!("not found in {}", self.path.display()),
+        })?;
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        let values = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(BackboneError::Weight {
+                    name: name.to_string(),
+                    message: format!("unsupported dtype {other:?} (F32, F16 and BF16 are)"),
+                });
+            }
+        };
+        Ok((values, shape))
+    }
+}
+
+fn st_err(path: &Path, e: impl std::fmt::Display) -> BackboneError {
+    BackboneError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes f32 tensors `(name, values, shape)` and string metadata to `path`.
+pub fn write_f32(
+    path: &Path,
+    tensors: &[(&str, &[f32], &[usize])],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for ((name, values, shape), data) in tensors.iter().zip(&bytes) {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(BackboneError::Invalid(format!(
+                "tensor `{name}`: shape {shape:?} does not match {} values",
+                values.len()
+            )));
+        }
+        let view =
+            TensorView::new(Dtype::F32, shape.to_vec(), data).map_err(|e| st_err(path, e))?;
+        views.push((name.to_string(), view));
+    }
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| st_err(path, e))
+}
+
+impl StFile {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

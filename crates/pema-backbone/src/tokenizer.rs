@@ -1,0 +1,191 @@
+//! Text ↔ token ids for a PLM: a thin wrapper around the HF `tokenizers` crate that applies the
+//! model's BOS convention (from the GGUF metadata or `config.json`) explicitly.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{BackboneError, Result};
+use crate::head::hex;
+
+/// A model's tokenizer with its special-token conventions.
+pub struct PemaTokenizer {
+    inner: tokenizers::Tokenizer,
+    add_bos: bool,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    fingerprint: String,
+    stop_ids: OnceLock<Vec<u32>>,
+}
+
+impl std::fmt::Debug for PemaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemaTokenizer")
+            .field("vocab", &self.vocab_size())
+            .field("add_bos", &self.add_bos)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+impl PemaTokenizer {
+    /// Loads `tokenizer.json`; `add_bos`/`bos`/`eos` come from the model's metadata.
+    pub fn from_file(path: &Path, add_bos: bool, bos: Option<u32>, eos: Vec<u32>) -> Result<Self> {
+        let json = std::fs::read_to_string(path).map_err(|source| BackboneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&json, add_bos, bos, eos)
+            .map_err(|e| BackboneError::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// Builds a tokenizer from the text of a `tokenizer.json`.
+    pub fn from_json(json: &str, add_bos: bool, bos: Option<u32>, eos: Vec<u32>) -> Result<Self> {
+        let inner: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e| BackboneError::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
+        let mut h = Sha256::new();
+        h.update(json.as_bytes());
+        h.update([add_bos as u8]);
+        h.update(bos.unwrap_or(u32::MAX).to_le_bytes());
+        let fingerprint = hex(&h.finalize());
+        if add_bos && bos.is_none() {
+            return Err(BackboneError::Tokenizer(
+                "add_bos is set but the model names no BOS token".into(),
+            ));
+        }
+        Ok(Self {
+            inner,
+            add_bos,
+            bos,
+            eos,
+            fingerprint,
+            stop_ids: OnceLock::new(),
+        })
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Whether prompts get a BOS token.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// BOS id, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence ids.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// sha256 of the tokenizer definition and BOS convention (recorded in memories).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Encodes a prompt: BOS (when the model wants one) followed by the text's tokens.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend(self.encode_continuation(text)?);
+        Ok(ids)
+    }
+
+    /// Encodes text that continues a sequence: no BOS, no other special tokens added.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| BackboneError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text, skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| BackboneError::Tokenizer(e.to_string()))
+    }
+
+    /// The text of one token (special tokens included), or `None` for an unknown id.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.decode(&[id], false).ok()
+    }
+
+    /// Ids that end a line-oriented generation: every EOS id and every token whose text
+    /// contains a newline (the paper stops at the end-of-line token). Computed once.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        self.stop_ids
+            .get_or_init(|| {
+                let mut ids = self.eos.clone();
+                for id in 0..self.vocab_size() as u32 {
+                    if self.token_text(id).is_some_and(|t| t.contains('\n')) {
+                        ids.push(id);
+                    }
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            })
+            .clone()
+    }
+
+    /// The wrapped HF tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny word-level tokenizer for tests.
+    pub(crate) fn tiny_json() -> String {
+        serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [
+                {"id": 0, "content": "<bos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "<eos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"<bos>": 0, "<eos>": 1, "hello": 2, "world": 3, "\n": 4, "<unk>": 5}, "unk_token": "<unk>"}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn bos_is_added_only_to_prompts() {
+        let t = PemaTokenizer::from_json(&tiny_json(), true, Some(0), vec![1]).expect("tok");
+        assert_eq!(t.encode_prompt("hello world").expect("enc"), vec![0, 2, 3]);
+        assert_eq!(
+            t.encode_continuation("hello world").expect("enc"),
+            vec![2, 3]
+        );
+        assert_eq!(t.stop_ids(), vec![1, 4]);
+        let no_bos = PemaTokenizer::from_json(&tiny_json(), false, Some(0), vec![1]).expect("tok");
+        assert_eq!(no_bos.encode_prompt("hello").expect("enc"), vec![2]);
+        assert_ne!(t.fingerprint(), no_bos.fingerprint());
+    }
+
+    #[test]
+    fn invalid_json_is_a_typed_error() {
+        assert!(matches!(
+            PemaTokenizer::from_json("{not json", false, None, vec![]),
+            Err(BackboneError::Tokenizer(_))
+        ));
+    }
+}

@@ -1,0 +1,187 @@
+//! `pema`: the command line of the Rust PEMA implementation.
+
+mod backend;
+mod memory_cmd;
+mod score;
+mod train_cmd;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::{Parser, Subcommand};
+use pema_backbone::{load_model_dir, GenerateOptions, Greedy, LoadedModel, Plm};
+
+use backend::{dispatch, BackendTask, DeviceArg};
+
+/// PEMA: Plug-in External Memory Adaptation for language models.
+#[derive(Debug, Parser)]
+#[command(name = "pema", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt with the PLM (greedy).
+    Generate(GenerateArgs),
+    /// Mean negative log-likelihood (nats per predicted token) of a text file.
+    Nll(NllArgs),
+    /// Score hypotheses against references (BLEU, chrF, chrF++, TER; sacreBLEU-compatible).
+    Score(score::ScoreArgs),
+    /// Build, inspect and verify external memories.
+    #[command(subcommand)]
+    Memory(memory_cmd::MemoryCmd),
+    /// Train a PEMA adapter on a memory (two phases).
+    Train(TrainCli),
+    /// Export the LM head (final norm + W_hd): what the PLM owner hands to the data owner.
+    ExportHead(ExportHeadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// Model directory (`model.gguf` + `tokenizer.json`, or HF layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (`\n` escapes are expanded).
+    #[arg(long)]
+    prompt: String,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Stop at the end of the line (the paper's stopping rule) instead of only at EOS.
+    #[arg(long)]
+    stop_at_newline: bool,
+    /// Device.
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, clap::Args)]
+struct NllArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text file scored as one sequence (BOS prepended when the model wants one).
+    #[arg(long)]
+    text_file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Device.
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, clap::Args)]
+struct TrainCli {
+    #[command(flatten)]
+    args: train_cmd::TrainArgs,
+    /// Device.
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExportHeadArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn load<B: Backend>(dir: &PathBuf, device: &B::Device) -> Result<LoadedModel<B>> {
+    load_model_dir::<B>(dir, device).with_context(|| format!("loading model {}", dir.display()))
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\n", "\n").replace("\\t", "\t")
+}
+
+impl BackendTask for &GenerateArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let m = load::<B::InnerBackend>(&self.model, &device)?;
+        let prompt = m.tokenizer.encode_prompt(&unescape(&self.prompt))?;
+        let stop = if self.stop_at_newline {
+            m.tokenizer.stop_ids()
+        } else {
+            m.tokenizer.eos_ids().to_vec()
+        };
+        let opts = GenerateOptions::uniform(self.max_tokens, stop);
+        let out = m.model.generate(&[prompt], &opts, &mut Greedy)?;
+        println!("{}", m.tokenizer.decode(&out[0])?);
+        Ok(())
+    }
+}
+
+impl BackendTask for &NllArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let m = load::<B::InnerBackend>(&self.model, &device)?;
+        let text = std::fs::read_to_string(&self.text_file)
+            .with_context(|| format!("reading {}", self.text_file.display()))?;
+        let ids = m.tokenizer.encode_prompt(&text)?;
+        let (nll, n) = m.model.nll(&ids)?;
+        if self.json {
+            let v = serde_json::json!({
+                "model": m.model.config.name,
+                "file": self.text_file,
+                "mean_nll": nll,
+                "tokens": n,
+                "perplexity": nll.exp(),
+                "bos": m.tokenizer.add_bos(),
+            });
+            println!("{v}");
+        } else {
+            println!("mean NLL {nll:.4} nats/token over {n} predicted tokens (perplexity {:.2})", nll.exp());
+        }
+        Ok(())
+    }
+}
+
+impl BackendTask for &TrainCli {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        train_cmd::run::<B>(&self.args, &device)
+    }
+}
+
+struct MemoryBuild<'a>(&'a memory_cmd::BuildArgs);
+
+impl BackendTask for MemoryBuild<'_> {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let m = load::<B::InnerBackend>(&self.0.model, &device)?;
+        let info = memory_cmd::model_info(&m)?;
+        memory_cmd::build::<B::InnerBackend, _, _>(self.0, &m.model, &m.tokenizer, &info)?;
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Generate(a) => dispatch(a.device, a),
+        Command::Nll(a) => dispatch(a.device, a),
+        Command::Score(a) => score::run(a),
+        Command::Memory(memory_cmd::MemoryCmd::Build(a)) => dispatch(a.device, MemoryBuild(a)),
+        Command::Memory(cmd) => memory_cmd::run(cmd),
+        Command::Train(a) => dispatch(a.device, a),
+        Command::ExportHead(a) => {
+            let dev = Default::default();
+            let m = load::<burn::backend::NdArray<f32>>(&a.model, &dev)?;
+            m.model.head.save(&a.out)?;
+            eprintln!(
+                "head of {} written to {} (fingerprint {})",
+                m.model.config.name,
+                a.out.display(),
+                m.model.head.fingerprint
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! `pema memory build | info | verify`: the external memory (paper §2) from the command line.
+//!
+//! `info` and `verify` need no model and run through [`run`]; `build` needs a loaded PLM and
+//! tokenizer, so the binary loads them for the chosen backend and calls [`build`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use pema_backbone::Plm;
+use pema_memory::{
+    BuildConfig, BuildMode, BuildSummary, KeyDtype, Manifest, MemoryStore, ModelInfo,
+    PairTokenizer, PairsFile, PromptTemplate, build_memory, verify,
+};
+
+/// Construction mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// The paper's: the PLM decodes greedily on its own; keys f(prompt + ŵ_<t).
+    Free,
+    /// kNN-LM style teacher forcing: keys f(prompt + y_<t).
+    Teacher,
+}
+
+/// Key storage type on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// 4 bytes per component.
+    F32,
+    /// 2 bytes per component (half the disk; converted to f32 on read).
+    F16,
+}
+
+/// Arguments of `pema memory build`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// Model directory (GGUF or Hugging Face layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training pairs: JSON lines with `source`/`target` (or the paper's `en`/`du`), or TSV.
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// Prompt template: `mt`, `formality`, or a file containing `{source}` (few-shot allowed).
+    #[arg(long, default_value = "mt")]
+    pub template: String,
+    /// Construction mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Free)]
+    pub mode: ModeArg,
+    /// Output memory directory (an interrupted build there is resumed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Key storage type.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    /// Sequences per PLM batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Pairs per shard (the commit unit: at most this much work is lost in a crash).
+    #[arg(long, default_value_t = 256)]
+    pub pairs_per_shard: u64,
+    /// Free-running step budget beyond the target length (paper: 10).
+    #[arg(long, default_value_t = 10)]
+    pub max_extra_steps: usize,
+    /// Use only the first N pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl BuildArgs {
+    /// The builder configuration these arguments describe (reads a template file if given).
+    pub fn config(&self) -> Result<BuildConfig> {
+        Ok(BuildConfig {
+            mode: match self.mode {
+                ModeArg::Free => BuildMode::FreeRunning,
+                ModeArg::Teacher => BuildMode::TeacherForced,
+            },
+            dtype: match self.dtype {
+                DtypeArg::F32 => KeyDtype::F32,
+                DtypeArg::F16 => KeyDtype::F16,
+            },
+            template: PromptTemplate::resolve(&self.template)?,
+            batch_size: self.batch_size,
+            pairs_per_shard: self.pairs_per_shard,
+            max_extra_steps: self.max_extra_steps,
+            limit: self.limit,
+            progress: !self.no_progress,
+        })
+    }
+}
+
+/// `pema memory …` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum MemoryCmd {
+    /// Build (or resume) a memory: run the PLM over the pairs, one entry per target token.
+    Build(BuildArgs),
+    /// Print what a memory holds and how it was built.
+    Info {
+        /// Memory directory.
+        dir: PathBuf,
+        /// Print the manifest as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check sizes and sha256 of every shard; lists every problem, exits non-zero if any.
+    Verify {
+        /// Memory directory.
+        dir: PathBuf,
+    },
+}
+
+/// Runs `info` and `verify`; `build` must go through [`build`] with a loaded model.
+pub fn run(cmd: &MemoryCmd) -> Result<()> {
+    match cmd {
+        MemoryCmd::Build(_) => {
+            bail!("`memory build` needs a loaded model: call memory_cmd::build with a backend")
+        }
+        MemoryCmd::Info { dir, json } => {
+            let manifest = Manifest::load(dir)?;
+            if *json {
+                print!("{}", String::from_utf8_lossy(&manifest.to_bytes()));
+            } else {
+                print!("{}", manifest.summary());
+                match MemoryStore::open(dir) {
+                    Ok(s) => println!(
+                        "{:<22}{}",
+                        "fingerprint",
+                        pema_memory::MemorySource::fingerprint(&s)
+                    ),
+                    Err(e) => println!("{:<22}cannot open: {e}", "store"),
+                }
+            }
+            Ok(())
+        }
+        MemoryCmd::Verify { dir } => {
+            let report = verify(dir);
+            if report.is_ok() {
+                println!(
+                    "OK: {} shards, {} entries, {:.1} MiB checked",
+                    report.shards_checked,
+                    report.manifest.as_ref().map_or(0, |m| m.entries),
+                    report.bytes_checked as f64 / 1048576.0
+                );
+                Ok(())
+            } else {
+                for p in &report.problems {
+                    println!("{p}");
+                }
+                bail!(
+                    "memory {} has {} problem(s)",
+                    dir.display(),
+                    report.problems.len()
+                )
+            }
+        }
+    }
+}
+
+/// Runs `pema memory build` with a loaded PLM and tokenizer on backend `B`.
+pub fn build<B, P, T>(
+    args: &BuildArgs,
+    plm: &P,
+    tokenizer: &T,
+    model: &ModelInfo,
+) -> Result<BuildSummary>
+where
+    B: Backend,
+    P: Plm<B> + ?Sized,
+    T: PairTokenizer + ?Sized,
+{
+    let cfg = args.config()?;
+    let pairs = PairsFile::read(&args.pairs)?;
+    let summary = build_memory(plm, tokenizer, model, &pairs, &cfg, &args.out)
+        .with_context(|| format!("building the memory in {}", args.out.display()))?;
+    eprintln!(
+        "memory {}: {} entries from {} pairs ({} already committed) in {} shards, {:.1}s",
+        args.out.display(),
+        summary.entries,
+        summary.pairs_total,
+        summary.pairs_skipped,
+        summary.shards,
+        summary.seconds
+    );
+    Ok(summary)
+}

@@ -1,0 +1,165 @@
+//! `pema train`: two-phase training of a PEMA adapter on an external memory through the
+//! exported LM head (paper §3). Defaults are the paper's values.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use pema_adapter::{PhaseConfig, TrainConfig};
+use pema_backbone::LmHead;
+use pema_memory::{MemorySource, MemoryStore};
+
+/// Arguments of `pema train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Training memory directory (keys f(c_t), values y_t).
+    #[arg(long)]
+    pub memory: PathBuf,
+    /// Dev memory directory, used for validation and early stopping.
+    #[arg(long)]
+    pub dev_memory: PathBuf,
+    /// The exported LM head (safetensors with W_hd and the final norm).
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Output directory: adapter artifact, `train_log.jsonl`, `checkpoint/`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Bottleneck rank r (scale s = 1/r).
+    #[arg(long, default_value_t = 512)]
+    pub rank: usize,
+    /// Weight κ of the reconstruction loss in phase 2: L = κ·L_rct + (1−κ)·L_pd.
+    #[arg(long, default_value_t = 0.2)]
+    pub kappa: f64,
+    /// Input dropout probability (training only).
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Adam epsilon (outside the square root, as in PyTorch).
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+    /// Phase-1 (reconstruction) batch size.
+    #[arg(long, default_value_t = 20_480)]
+    pub batch1: usize,
+    /// Phase-2 (prediction) batch size.
+    #[arg(long, default_value_t = 2_048)]
+    pub batch2: usize,
+    /// Maximum epochs per phase.
+    #[arg(long, default_value_t = 200)]
+    pub epochs: usize,
+    /// Optional cap on phase-1 optimiser steps.
+    #[arg(long)]
+    pub max_steps1: Option<u64>,
+    /// Optional cap on phase-2 optimiser steps.
+    #[arg(long)]
+    pub max_steps2: Option<u64>,
+    /// Validate on the dev memory every this many steps (early stopping: stop when the dev
+    /// loss exceeds both previous ones; the best weights are kept).
+    #[arg(long, default_value_t = 100)]
+    pub validate_every: u64,
+    /// Batch size for dev evaluation.
+    #[arg(long, default_value_t = 2_048)]
+    pub dev_batch: usize,
+    /// Seed of initialisation, shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Target/source length ratio to record in the adapter (for leak-free Gradual Unrolling).
+    #[arg(long)]
+    pub length_ratio: Option<f64>,
+    /// Start from scratch even if OUT/checkpoint exists.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Stop after this many steps in this run (resume later); for time-limited jobs.
+    #[arg(long)]
+    pub halt_after_steps: Option<u64>,
+}
+
+impl TrainArgs {
+    /// The training configuration these arguments describe.
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            rank: self.rank,
+            dropout: self.dropout,
+            kappa: self.kappa,
+            phase1: PhaseConfig {
+                batch_size: self.batch1,
+                max_epochs: self.epochs,
+                max_steps: self.max_steps1,
+            },
+            phase2: PhaseConfig {
+                batch_size: self.batch2,
+                max_epochs: self.epochs,
+                max_steps: self.max_steps2,
+            },
+            lr: self.lr,
+            epsilon: self.adam_eps,
+            validate_every: self.validate_every,
+            dev_batch_size: self.dev_batch,
+            seed: self.seed,
+            progress: !self.no_progress,
+            resume: !self.no_resume,
+            length_ratio: self.length_ratio,
+            halt_after_steps: self.halt_after_steps,
+            ..TrainConfig::default()
+        }
+    }
+}
+
+/// Runs `pema train` on the autodiff backend `B` (validation runs on its inner backend).
+pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<()> {
+    let head = LmHead::<B::InnerBackend>::load(&args.head, device)
+        .with_context(|| format!("loading the LM head {}", args.head.display()))?;
+    let train_mem = MemoryStore::open(&args.memory)
+        .with_context(|| format!("opening the training memory {}", args.memory.display()))?;
+    let dev_mem = MemoryStore::open(&args.dev_memory)
+        .with_context(|| format!("opening the dev memory {}", args.dev_memory.display()))?;
+    for (name, m) in [("training", &train_mem), ("dev", &dev_mem)] {
+        if !m.is_complete() {
+            eprintln!(
+                "warning: the {name} memory {} is incomplete (its build did not finish); \
+                 training on the {} committed entries",
+                m.dir().display(),
+                m.len()
+            );
+        }
+    }
+    eprintln!(
+        "pema train: head {} (d {}, vocab {}), memory {} entries, dev {} entries, rank {}, κ {}",
+        head.model,
+        head.hidden_size(),
+        head.vocab_size(),
+        train_mem.len(),
+        dev_mem.len(),
+        args.rank,
+        args.kappa
+    );
+    let report = pema_adapter::train::<B>(
+        &head,
+        &train_mem,
+        &dev_mem,
+        &args.config(),
+        &args.out,
+        device,
+    )?;
+    for p in [&report.phase1, &report.phase2] {
+        let best = p.best.map(|m| m.loss).unwrap_or(f64::NAN);
+        eprintln!(
+            "phase {}: {} steps in {:.1}s, best dev loss {best:.5} at step {}{}{}",
+            p.phase,
+            p.steps,
+            p.seconds,
+            p.best_step,
+            p.best
+                .and_then(|m| m.accuracy)
+                .map(|a| format!(", dev top-1 {:.2}%", 100.0 * a))
+                .unwrap_or_default(),
+            if p.early_stopped { " (early stop)" } else { "" }
+        );
+    }
+    println!("{}", report.artifact.display());
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! PEMA decoding as a [`StepPolicy`]: at every step, mix the PLM's distribution with the
+//! adapter's (in log space, λ from the schedule and each sequence's horizon) and take the
+//! argmax (greedy, as the official code). Optionally records a [`StepTrace`] per sequence and
+//! step.
+
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use pema_adapter::PemaAdapter;
+use pema_backbone::seam::argmax_rows;
+use pema_backbone::{LmHead, StepOutput, StepPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScheduleError};
+use crate::mix::mix_log_probs;
+use crate::schedule::Schedule;
+
+/// Which weighted distribution gave the chosen token more mass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Winner {
+    /// (1−λ)·P_LM(token) ≥ λ·P_PEMA(token).
+    Plm,
+    /// λ·P_PEMA(token) > (1−λ)·P_LM(token).
+    Pema,
+}
+
+/// One decoding step of one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepTrace {
+    /// Sequence index (batch row plus the policy's offset).
+    pub seq: usize,
+    /// Step k (0 = first generated token).
+    pub step: usize,
+    /// λ used at this step.
+    pub lambda: f64,
+    /// The chosen token.
+    pub token: u32,
+    /// P_LM(token).
+    pub p_lm: f64,
+    /// P_PEMA(token).
+    pub p_pema: f64,
+    /// The mixture's probability of the token.
+    pub p_mix: f64,
+    /// Which weighted term was larger for the chosen token.
+    pub winner: Winner,
+}
+
+/// Greedy PEMA decoding: argmax of (1−λ_k)·P_LM + λ_k·P_PEMA.
+pub struct PemaPolicy<'a, B: Backend> {
+    adapter: &'a PemaAdapter<B>,
+    head: &'a LmHead<B>,
+    schedule: Schedule,
+    horizons: Vec<f64>,
+    seq_offset: usize,
+    traces: Option<Vec<StepTrace>>,
+}
+
+impl<'a, B: Backend> PemaPolicy<'a, B> {
+    /// A policy for one batch; `horizons[i]` is the GU horizon L of batch row i (see
+    /// [`crate::plan_lengths`]; ignored by the constant schedule, a single value is broadcast).
+    pub fn new(
+        adapter: &'a PemaAdapter<B>,
+        head: &'a LmHead<B>,
+        schedule: Schedule,
+        horizons: Vec<f64>,
+    ) -> Result<Self> {
+        schedule.validate()?;
+        if adapter.config.d != head.hidden_size() || adapter.config.vocab != head.vocab_size() {
+            return Err(ScheduleError::Config(format!(
+                "adapter (d {}, vocab {}) does not fit the head (d {}, vocab {})",
+                adapter.config.d,
+                adapter.config.vocab,
+                head.hidden_size(),
+                head.vocab_size()
+            )));
+        }
+        Ok(Self {
+            adapter,
+            head,
+            schedule,
+            horizons,
+            seq_offset: 0,
+            traces: None,
+        })
+    }
+
+    /// Records a [`StepTrace`] for every active sequence and step; `seq_offset` is added to
+    /// batch row numbers (the index of the batch's first sequence in the whole test set).
+    pub fn with_traces(mut self, seq_offset: usize) -> Self {
+        self.seq_offset = seq_offset;
+        self.traces = Some(Vec::new());
+        self
+    }
+
+    /// The traces recorded so far (empty unless [`PemaPolicy::with_traces`] was called).
+    pub fn take_traces(&mut self) -> Vec<StepTrace> {
+        self.traces.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn horizon(&self, i: usize) -> f64 {
+        self.horizons
+            .get(i)
+            .or(self.horizons.last())
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+impl<B: Backend> StepPolicy<B> for PemaPolicy<'_, B> {
+    fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
+        let [n, _] = out.logits.dims();
+        let lambdas: Vec<f64> = (0..n)
+            .map(|i| self.schedule.lambda(out.step, self.horizon(i)))
+            .collect();
+        let lp_lm = log_softmax(out.logits.clone(), 1);
+        let lp_pema = log_softmax(self.adapter.logits(self.head, out.context.0.clone()), 1);
+        let mixed = mix_log_probs(lp_lm.clone(), lp_pema.clone(), &lambdas);
+        if self.traces.is_none() {
+            return argmax_rows(mixed);
+        }
+        let ids = argmax_rows(mixed.clone());
+        let device = mixed.device();
+        let idx: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
+        let pick = |t: Tensor<B, 2>| -> Vec<f64> {
+            t.gather(1, idx.clone())
+                .into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .unwrap_or_default()
+        };
+        let (l, p, m) = (pick(lp_lm), pick(lp_pema), pick(mixed));
+        if let Some(traces) = self.traces.as_mut() {
+            for i in 0..n.min(l.len()).min(p.len()).min(m.len()) {
+                if !out.active.get(i).copied().unwrap_or(true) {
+                    continue;
+                }
+                let lambda = lambdas[i];
+                let (p_lm, p_pema) = (l[i].exp(), p[i].exp());
+                traces.push(StepTrace {
+                    seq: self.seq_offset + i,
+                    step: out.step,
+                    lambda,
+                    token: ids[i],
+                    p_lm,
+                    p_pema,
+                    p_mix: m[i].exp(),
+                    winner: if lambda * p_pema > (1.0 - lambda) * p_lm {
+                        Winner::Pema
+                    } else {
+                        Winner::Plm
+                    },
+                });
+            }
+        }
+        ids
+    }
+}
+
+/// Writes traces as JSON lines (one [`StepTrace`] object per line).
+pub fn write_traces_jsonl(path: &Path, traces: &[StepTrace]) -> Result<()> {
+    let io = |source| ScheduleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::new(file);
+    for t in traces {
+        let line = serde_json::to_string(t).map_err(|e| io(std::io::Error::other(e)))?;
+        writeln!(w, "{line}").map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use pema_adapter::AdapterConfig;
+    use pema_backbone::ContextRepr;
+
+    type B = NdArray<f32>;
+
+    fn setup() -> (PemaAdapter<B>, LmHead<B>) {
+        let dev = Default::default();
+        let (d, v, r) = (4, 6, 2);
+        let w: Vec<f32> = (0..v * d).map(|i| ((i as f32) * 0.91).sin()).collect();
+        let head = LmHead::<B>::from_host(vec![1.0; d], 1e-6, w, v, "t", &dev).expect("head");
+        let cfg = AdapterConfig {
+            d,
+            vocab: v,
+            rank: r,
+            dropout: 0.2,
+            kappa: 0.2,
+        };
+        let mut ad = PemaAdapter::<B>::new(cfg, 5, &dev).expect("adapter");
+        let bpd: Vec<f32> = (0..r * d)
+            .map(|i| ((i as f32) * 1.7).cos() * 50.0)
+            .collect();
+        ad.b_pd = Tensor::from_data(TensorData::new(bpd, [r, d]), &dev);
+        (ad, head)
+    }
+
+    fn step_output(step: usize, plm_logits: Vec<f32>, n: usize) -> StepOutput<B> {
+        let dev = Default::default();
+        let f: Vec<f32> = (0..n * 4).map(|i| ((i as f32) * 0.37).cos()).collect();
+        StepOutput {
+            step,
+            context: ContextRepr(Tensor::from_data(TensorData::new(f, [n, 4]), &dev)),
+            logits: Tensor::from_data(TensorData::new(plm_logits, [n, 6]), &dev),
+            active: vec![true; n],
+        }
+    }
+
+    #[test]
+    fn lambda_extremes_pick_each_distribution() {
+        let (ad, head) = setup();
+        let n = 2;
+        // The PLM strongly prefers token 5 in both rows.
+        let mut plm = vec![0.0f32; n * 6];
+        plm[5] = 20.0;
+        plm[11] = 20.0;
+        let out = step_output(3, plm, n);
+        let pema_choice = argmax_rows(ad.logits(&head, out.context.0.clone()));
+        let mut only_plm =
+            PemaPolicy::new(&ad, &head, Schedule::Constant { lambda: 0.0 }, vec![10.0])
+                .expect("policy");
+        assert_eq!(only_plm.next_tokens(&out), vec![5, 5]);
+        let mut only_pema =
+            PemaPolicy::new(&ad, &head, Schedule::Constant { lambda: 1.0 }, vec![10.0])
+                .expect("policy")
+                .with_traces(100);
+        assert_eq!(only_pema.next_tokens(&out), pema_choice);
+        let traces = only_pema.take_traces();
+        assert_eq!(traces.len(), 2);
+        assert_eq!(traces[1].seq, 101);
+        assert!(
+            traces
+                .iter()
+                .all(|t| t.winner == Winner::Pema && t.lambda == 1.0)
+        );
+        assert!(traces.iter().all(|t| (t.p_mix - t.p_pema).abs() < 1e-6));
+        // GU past its horizon hands decoding back to the PLM.
+        let mut gu = PemaPolicy::new(&ad, &head, Schedule::gradual_unrolling(0.9), vec![2.0])
+            .expect("policy")
+            .with_traces(0);
+        assert_eq!(gu.next_tokens(&out), vec![5, 5]);
+        let t = gu.take_traces();
+        assert!(t.iter().all(|t| t.lambda == 0.0 && t.winner == Winner::Plm));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trace.jsonl");
+        write_traces_jsonl(&path, &t).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let first: StepTrace =
+            serde_json::from_str(text.lines().next().expect("line")).expect("json");
+        assert_eq!(first, t[0]);
+    }
+}
