@@ -80,7 +80,7 @@ impl ModelConfig {
     pub fn is_local_layer(&self, il: usize) -> bool {
         self.sliding_window.is_some()
             && self.sliding_window_pattern > 0
-            && (il + 1) % self.sliding_window_pattern != 0
+            && !(il + 1).is_multiple_of(self.sliding_window_pattern)
     }
 
     /// Number of weights of the model (embedding counted once when tied).
@@ -98,13 +98,16 @@ impl ModelConfig {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.n_layers == 0 {
             return bad(format!("empty model: {self:?}"));
         }
-        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad(format!(
                 "head counts {} / {} are not a valid grouped-query layout",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even", self.head_dim));
         }
         if !(self.rms_eps > 0.0 && self.rope_theta > 0.0 && self.rope_theta_local > 0.0) {

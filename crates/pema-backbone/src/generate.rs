@@ -53,11 +53,11 @@ impl<B: Backend> Transformer<B> {
         let targets: Vec<i64> = tokens[1..].iter().map(|&i| i as i64).collect();
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [t, 1]), &device);
         let picked = lp.narrow(0, 0, t).gather(1, idx);
-        Ok(picked
+        picked
             .into_data()
             .convert::<f64>()
             .into_vec::<f64>()
-            .map_err(|e| BackboneError::Invalid(format!("{e:?}")))?)
+            .map_err(|e| BackboneError::Invalid(format!("{e:?}")))
     }
 
     /// Next-token log-probabilities at every position of one sequence, `[t, vocab]`.

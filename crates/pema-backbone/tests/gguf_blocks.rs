@@ -329,3 +329,16 @@ fn large_inputs_take_the_parallel_path() {
         }
     }
 }
+
+#[test]
+fn non_finite_inputs_do_not_panic() {
+    let mut x = gaussian(512, 3);
+    x[0] = f32::NAN;
+    x[40] = f32::INFINITY;
+    x[300] = f32::NEG_INFINITY;
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.can_dequantize()) {
+        let b = quantize(ty, &x).expect("quantize accepts non-finite values");
+        let y = dequantize(ty, &b, x.len()).expect("dequantize");
+        assert_eq!(y.len(), x.len());
+    }
+}

@@ -107,7 +107,7 @@ fn teacher_forcing_on_the_greedy_output_reproduces_the_decoding_contexts() {
         let mut rec = Recorder(Vec::new());
         let generated = m
             .generate(
-                &[prompt.clone()],
+                std::slice::from_ref(&prompt),
                 &GenerateOptions::uniform(7, vec![]),
                 &mut rec,
             )
@@ -128,7 +128,7 @@ fn stop_tokens_and_invalid_inputs() {
     let prompt = vec![1u32, 2, 3];
     let free = m
         .generate(
-            &[prompt.clone()],
+            std::slice::from_ref(&prompt),
             &GenerateOptions::uniform(5, vec![]),
             &mut Greedy,
         )

@@ -3,8 +3,8 @@
 
 use burn::backend::NdArray;
 use burn::tensor::Tensor;
-use pema_backbone::testing::tiny_model;
 use pema_backbone::Family;
+use pema_backbone::testing::tiny_model;
 
 #[test]
 fn f32_differences_are_rounding_only() {

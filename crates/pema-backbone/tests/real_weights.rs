@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::backend::NdArray;
-use pema_backbone::{load_model_dir, GenerateOptions, Greedy, LoadedModel, Plm};
+use pema_backbone::{GenerateOptions, Greedy, LoadedModel, Plm, load_model_dir};
 
 type B = NdArray<f32>;
 
@@ -37,7 +37,10 @@ fn gemma3_translates_where_is_the_train_station() {
     };
     let prompt = m.tokenizer.encode_prompt(THREE_SHOT).expect("encode");
     let opts = GenerateOptions::uniform(16, m.tokenizer.stop_ids());
-    let out = m.model.generate(&[prompt], &opts, &mut Greedy).expect("generate");
+    let out = m
+        .model
+        .generate(&[prompt], &opts, &mut Greedy)
+        .expect("generate");
     let text = m.tokenizer.decode(&out[0]).expect("decode");
     assert_eq!(text.trim(), "Wo ist der Bahnhof?", "got {text:?}");
 }
@@ -52,7 +55,10 @@ fn smollm2_completes_an_easy_prompt() {
         .encode_prompt("The capital of France is")
         .expect("encode");
     let opts = GenerateOptions::uniform(4, m.tokenizer.eos_ids().to_vec());
-    let out = m.model.generate(&[prompt], &opts, &mut Greedy).expect("generate");
+    let out = m
+        .model
+        .generate(&[prompt], &opts, &mut Greedy)
+        .expect("generate");
     let text = m.tokenizer.decode(&out[0]).expect("decode");
     assert!(text.contains("Paris"), "got {text:?}");
 }

@@ -560,3 +560,61 @@ impl TensorInfo {
         n / self.ggml_type.block_elems() * self.ggml_type.block_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_ids_round_trip() {
+        for ty in GgmlType::ALL {
+            assert_eq!(GgmlType::from_id(ty.id()), Some(ty));
+        }
+        for removed in [4, 5, 31, 32, 33, 36, 37, 38] {
+            assert_eq!(GgmlType::from_id(removed), None);
+        }
+    }
+
+    #[test]
+    fn block_sizes_follow_ggml() {
+        let expect = [
+            (GgmlType::Q4_0, 32, 18),
+            (GgmlType::Q4_1, 32, 20),
+            (GgmlType::Q5_0, 32, 22),
+            (GgmlType::Q5_1, 32, 24),
+            (GgmlType::Q8_0, 32, 34),
+            (GgmlType::Q4_K, 256, 144),
+            (GgmlType::Q5_K, 256, 176),
+            (GgmlType::Q6_K, 256, 210),
+            (GgmlType::BF16, 1, 2),
+        ];
+        for (ty, e, b) in expect {
+            assert_eq!((ty.block_elems(), ty.block_bytes()), (e, b), "{ty}");
+        }
+        assert_eq!(GgmlType::Q8_0.bytes_for(64), Some(68));
+        assert_eq!(GgmlType::Q8_0.bytes_for(63), None);
+    }
+
+    #[test]
+    fn tensor_info_shape_is_reversed_dims() {
+        let t = TensorInfo {
+            name: "w".into(),
+            dims: vec![640, 1024],
+            ggml_type: GgmlType::Q8_0,
+            offset: 0,
+        };
+        assert_eq!(t.shape(), vec![1024, 640]);
+        assert_eq!(t.n_elements(), 655_360);
+        assert_eq!(t.n_bytes(), 655_360 / 32 * 34);
+    }
+
+    #[test]
+    fn meta_value_accessors() {
+        assert_eq!(MetaValue::I32(-1).as_u64(), None);
+        assert_eq!(MetaValue::I32(5).as_u64(), Some(5));
+        assert_eq!(MetaValue::U32(5).as_f64(), Some(5.0));
+        assert_eq!(MetaValue::String("a".into()).as_str(), Some("a"));
+        assert_eq!(MetaValue::Bool(true).as_u64(), None);
+        assert_eq!(MetaValue::Array(vec![]).as_array().map(<[_]>::len), Some(0));
+    }
+}

@@ -643,3 +643,47 @@ fn q_q6_k(x: &[f32], o: &mut [u8]) {
     }
     rest[16..18].copy_from_slice(&f16_bytes(d));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k4_scale_packing_round_trips() {
+        for seed in 0..64u8 {
+            let ls: [u8; 8] =
+                std::array::from_fn(|j| seed.wrapping_mul(7).wrapping_add(9 * j as u8) & 63);
+            let lm: [u8; 8] =
+                std::array::from_fn(|j| seed.wrapping_mul(13).wrapping_add(5 * j as u8) & 63);
+            let mut packed = [0u8; 12];
+            pack_scale_min_k4(&ls, &lm, &mut packed);
+            for j in 0..8 {
+                assert_eq!(
+                    scale_min_k4(j, &packed),
+                    (ls[j], lm[j]),
+                    "seed {seed}, j {j}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(f32_to_bf16_bits(1.0), 0x3F80);
+        // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: rounds to the even 1.0.
+        assert_eq!(f32_to_bf16_bits(1.0 + 2f32.powi(-8)), 0x3F80);
+        // 1 + 3·2^-8 is a tie between 1 + 2^-7 (odd) and 1 + 2^-6: rounds up to even.
+        assert_eq!(f32_to_bf16_bits(1.0 + 3.0 * 2f32.powi(-8)), 0x3F82);
+        assert!(f32::from_bits(u32::from(f32_to_bf16_bits(f32::NAN)) << 16).is_nan());
+        assert_eq!(f32_to_bf16_bits(f32::INFINITY), 0x7F80);
+    }
+
+    #[test]
+    fn kernels_match_can_dequantize() {
+        for ty in GgmlType::ALL {
+            assert_eq!(kernel_for(ty).is_some(), ty.can_dequantize(), "{ty}");
+            let values = vec![0.25f32; ty.block_elems()];
+            assert_eq!(quantize(ty, &values).is_ok(), ty.can_dequantize(), "{ty}");
+        }
+    }
+}

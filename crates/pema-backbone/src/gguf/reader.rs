@@ -544,3 +544,49 @@ fn validate_ranges(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_reports_truncation_precisely() {
+        let bytes = [1u8, 0, 0, 0, 9];
+        let mut c = Cursor {
+            bytes: &bytes,
+            pos: 0,
+        };
+        assert_eq!(c.u32(&|| "x".to_owned()).expect("4 bytes"), 1);
+        match c.u32(&|| "y".to_owned()) {
+            Err(GgufError::Truncated {
+                what,
+                offset,
+                needed,
+                available,
+            }) => assert_eq!((what.as_str(), offset, needed, available), ("y", 4, 4, 1)),
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+        // A failed read consumes nothing.
+        assert_eq!(c.pos, 4);
+    }
+
+    #[test]
+    fn counts_are_bounded_by_remaining_bytes() {
+        let bytes = [0u8; 100];
+        let c = Cursor {
+            bytes: &bytes,
+            pos: 10,
+        };
+        assert!(c.check_count(3, 30, "n").is_ok());
+        assert!(c.check_count(4, 30, "n").is_err());
+        assert!(c.check_count(u64::MAX, 2, "n").is_err());
+    }
+
+    #[test]
+    fn min_value_sizes_cover_all_value_types() {
+        for t in 0..=12 {
+            assert!(min_value_size(t).is_some(), "type {t}");
+        }
+        assert!(min_value_size(13).is_none());
+    }
+}
