@@ -12,6 +12,9 @@
 //!
 //! Set `PEMA_BENCH_SHAPES=opt-like` (or `gemma-vocab`) to run one shape only.
 
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

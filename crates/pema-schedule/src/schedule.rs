@@ -35,6 +35,22 @@ impl Schedule {
         }
     }
 
+    /// Parses the command line's `--schedule gu|constant` with `--lambda-max` (λ for
+    /// `constant`) and an optional GU floor.
+    pub fn from_cli(name: &str, lambda_max: f64, floor: Option<f64>) -> Result<Self> {
+        let s = match name.trim() {
+            "gu" | "gradual-unrolling" => Schedule::GradualUnrolling { lambda_max, floor },
+            "constant" => Schedule::Constant { lambda: lambda_max },
+            other => {
+                return Err(ScheduleError::Config(format!(
+                    "schedule must be `gu` or `constant`, got `{other}`"
+                )));
+            }
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// Checks that λ, λmax and the floor lie in [0, 1].
     pub fn validate(&self) -> Result<()> {
         let (v, name) = match *self {
@@ -123,5 +139,15 @@ mod tests {
         assert!(Schedule::Constant { lambda: 1.5 }.validate().is_err());
         assert!(f.validate().is_ok());
         assert_eq!(Schedule::gradual_unrolling(0.9).lambda(3, 0.0), 0.0);
+        assert_eq!(
+            Schedule::from_cli("gu", 0.9, None).expect("gu"),
+            Schedule::gradual_unrolling(0.9)
+        );
+        assert_eq!(
+            Schedule::from_cli("constant", 0.4, None).expect("c"),
+            Schedule::Constant { lambda: 0.4 }
+        );
+        assert!(Schedule::from_cli("beam", 0.9, None).is_err());
+        assert!(Schedule::from_cli("gu", 1.9, None).is_err());
     }
 }
