@@ -166,6 +166,21 @@ impl BackendTask for &decode_cmd::DecodeArgs {
     }
 }
 
+impl BackendTask for &ExportHeadArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let m = load::<B::InnerBackend>(&self.model, &device)?;
+        m.model.head.save(&self.out)?;
+        eprintln!(
+            "head of {} written to {} (fingerprint {})",
+            m.model.config.name,
+            self.out.display(),
+            m.model.head.fingerprint
+        );
+        Ok(())
+    }
+}
+
 struct MemoryBuild<'a>(&'a memory_cmd::BuildArgs);
 
 impl BackendTask for MemoryBuild<'_> {
@@ -195,17 +210,6 @@ fn main() -> Result<()> {
         }
         Command::Memory(cmd) => memory_cmd::run(cmd),
         Command::Train(a) => dispatch(a.device, a),
-        Command::ExportHead(a) => {
-            let dev = Default::default();
-            let m = load::<burn::backend::NdArray<f32>>(&a.model, &dev)?;
-            m.model.head.save(&a.out)?;
-            eprintln!(
-                "head of {} written to {} (fingerprint {})",
-                m.model.config.name,
-                a.out.display(),
-                m.model.head.fingerprint
-            );
-            Ok(())
-        }
+        Command::ExportHead(a) => dispatch(DeviceArg::Cpu, a),
     }
 }
