@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pema_adapter::{Adam, AdapterConfig, PemaAdapter, Phase, train_step};
+use pema_adapter::{Adam, AdapterConfig, PemaAdapter, Phase, PhasePlan, train_step};
 use pema_backbone::LmHead;
 
 type B = NdArray<f32>;
@@ -131,6 +131,7 @@ fn step(st: &mut Setup) -> f32 {
         st.keys.clone(),
         st.targets.clone(),
         Phase::Prediction,
+        PhasePlan::TwoPhase,
     )
     .expect("step");
     st.adapter = out.adapter;

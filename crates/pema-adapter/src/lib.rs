@@ -21,7 +21,10 @@ pub mod error;
 pub mod train;
 
 pub use adam::Adam;
-pub use adapter::{ADAPTER_FORMAT, AdapterMeta, Losses, PemaAdapter, Phase};
-pub use config::{AdapterConfig, PhaseConfig, TrainConfig};
+pub use adapter::{ADAPTER_FORMAT, AdapterMeta, KeyStats, Losses, PemaAdapter, Phase};
+pub use config::{AdapterConfig, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 pub use error::{AdapterError, Result};
-pub use train::{DevMetrics, PhaseReport, TrainReport, record_validation, train, train_step};
+pub use train::{
+    DevMetrics, PhaseReport, TrainReport, key_stats_host, key_stats_of, record_validation, train,
+    train_step,
+};

@@ -8,6 +8,11 @@
 //! memory every 100 steps, stop as soon as a validation loss exceeds both of the two before it,
 //! keep the weights with the best validation loss.
 //!
+//! Ablations ([`PhasePlan`]): `joint` skips phase 1 and trains A, B_rct, B_pd together on the
+//! phase-2 loss; `bpd-only` keeps phase 1's A₁ frozen in phase 2 and trains B_pd alone.
+//! With [`KeyNorm::Standardize`] the per-dimension key statistics of the training memory are
+//! computed once, before phase 1, and stored with the adapter.
+//!
 //! The frozen head is used as plain tensors lifted into the autodiff graph without
 //! `require_grad`: it never receives a gradient and is never written.
 //!
@@ -32,9 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::adam::{Adam, Moments};
 use crate::adapter::{
-    ADAPTER_FORMAT, AdapterMeta, PemaAdapter, Phase, host, read_json, write_json,
+    ADAPTER_FORMAT, AdapterMeta, KeyStats, PemaAdapter, Phase, host, read_json, write_json,
 };
-use crate::config::{AdapterConfig, PhaseConfig, TrainConfig};
+use crate::config::{AdapterConfig, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 use crate::error::{AdapterError, Result};
 
 /// Name of the JSON-lines training log inside the output directory.
@@ -74,6 +79,21 @@ pub struct PhaseReport {
     pub early_stopped: bool,
     /// Wall-clock seconds spent in this phase (this process only).
     pub seconds: f64,
+}
+
+impl PhaseReport {
+    /// The report of a phase that did not run (phase 1 under [`PhasePlan::Joint`]).
+    pub fn skipped(phase: u8) -> Self {
+        Self {
+            phase,
+            steps: 0,
+            best_step: 0,
+            best: None,
+            dev_history: Vec::new(),
+            early_stopped: false,
+            seconds: 0.0,
+        }
+    }
 }
 
 /// What [`train`] returns.
@@ -125,6 +145,7 @@ struct PhaseStart<B: Backend> {
 struct Ctx<'a, B: AutodiffBackend> {
     head: &'a LmHead<B::InnerBackend>,
     head_ad: LmHead<B>,
+    key_stats: Option<KeyStats<B::InnerBackend>>,
     train: &'a dyn MemorySource,
     dev: &'a dyn MemorySource,
     cfg: &'a TrainConfig,
@@ -180,9 +201,14 @@ pub fn train<B: AutodiffBackend>(
         None
     };
     let log = JsonLog::open(&out.join(LOG_FILE), resumed.is_some())?;
+    let key_stats = match cfg.key_norm {
+        KeyNorm::None => None,
+        KeyNorm::Standardize => Some(key_stats_of::<B::InnerBackend>(train_mem, device)?),
+    };
     let mut ctx = Ctx::<B> {
         head,
         head_ad: lift_head::<B>(head),
+        key_stats: key_stats.clone(),
         train: train_mem,
         dev: dev_mem,
         cfg,
@@ -207,11 +233,19 @@ pub fn train<B: AutodiffBackend>(
             let start = load_start::<B>(&ctx, &st, Phase::Prediction, acfg)?;
             (report, None, Some(start))
         }
+        None if cfg.plan == PhasePlan::Joint => {
+            // Ablation: no phase 1; phase 2 starts from a fresh adapter (B_rct = 0, trained).
+            let fresh =
+                PemaAdapter::new(acfg, mix(cfg.seed, 2), device)?.with_key_stats(key_stats.clone());
+            let start = fresh_start(fresh, Phase::Prediction, cfg, device);
+            (PhaseReport::skipped(1), None, Some(start))
+        }
         other => {
             let start = match other {
                 Some(st) => load_start::<B>(&ctx, &st, Phase::Reconstruction, acfg)?,
                 None => {
-                    let fresh = PemaAdapter::new(acfg, mix(cfg.seed, 1), device)?;
+                    let fresh = PemaAdapter::new(acfg, mix(cfg.seed, 1), device)?
+                        .with_key_stats(key_stats.clone());
                     fresh_start(fresh, Phase::Reconstruction, cfg, device)
                 }
             };
@@ -226,7 +260,14 @@ pub fn train<B: AutodiffBackend>(
         None => {
             let p1 = phase1_best
                 .ok_or_else(|| AdapterError::Config("phase 1 produced no weights".into()))?;
-            let fresh = p1.fresh_for_phase2(mix(cfg.seed, 2));
+            let fresh = if cfg.plan == PhasePlan::BpdOnly {
+                // Ablation: keep A₁ (frozen in phase 2), B_pd from zero.
+                let mut kept = p1.clone();
+                kept.b_pd = kept.b_pd.zeros_like();
+                kept
+            } else {
+                p1.fresh_for_phase2(mix(cfg.seed, 2))
+            };
             let start = fresh_start(fresh, Phase::Prediction, cfg, device);
             // A checkpoint at the start of phase 2 keeps phase 1's result safe.
             write_checkpoint(&mut ctx, Phase::Prediction, &start)?;
@@ -249,6 +290,7 @@ pub fn train<B: AutodiffBackend>(
         memory_fingerprint: train_mem.fingerprint(),
         dev_memory_fingerprint: dev_mem.fingerprint(),
         length_ratio: cfg.length_ratio,
+        key_norm: cfg.key_norm,
         training: serde_json::json!({
             "config": cfg,
             "memory_entries": train_mem.len(),
@@ -268,30 +310,111 @@ pub fn train<B: AutodiffBackend>(
     })
 }
 
-/// The parameters a phase trains: (A, B_rct) in phase 1, (A, B_pd) in phase 2.
-fn trained<B: Backend>(a: &PemaAdapter<B>, phase: Phase) -> Vec<Tensor<B, 2>> {
-    match phase {
-        Phase::Reconstruction => vec![a.a.clone(), a.b_rct.clone()],
-        Phase::Prediction => vec![a.a.clone(), a.b_pd.clone()],
+/// One of the adapter's matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Param {
+    A,
+    BRct,
+    BPd,
+}
+
+/// The matrices a phase trains under `plan`: (A, B_rct) in phase 1, (A, B_pd) in phase 2
+/// (paper); (A, B_rct, B_pd) in phase 2 for `joint`; B_pd alone in phase 2 for `bpd-only`.
+fn trained_params(phase: Phase, plan: PhasePlan) -> &'static [Param] {
+    match (phase, plan) {
+        (Phase::Reconstruction, _) => &[Param::A, Param::BRct],
+        (Phase::Prediction, PhasePlan::TwoPhase) => &[Param::A, Param::BPd],
+        (Phase::Prediction, PhasePlan::Joint) => &[Param::A, Param::BRct, Param::BPd],
+        (Phase::Prediction, PhasePlan::BpdOnly) => &[Param::BPd],
     }
+}
+
+fn param<B: Backend>(a: &PemaAdapter<B>, p: Param) -> &Tensor<B, 2> {
+    match p {
+        Param::A => &a.a,
+        Param::BRct => &a.b_rct,
+        Param::BPd => &a.b_pd,
+    }
+}
+
+fn trained<B: Backend>(a: &PemaAdapter<B>, phase: Phase, plan: PhasePlan) -> Vec<Tensor<B, 2>> {
+    trained_params(phase, plan)
+        .iter()
+        .map(|p| param(a, *p).clone())
+        .collect()
 }
 
 fn with_trained<B: Backend>(
     a: &PemaAdapter<B>,
     phase: Phase,
-    mut p: Vec<Tensor<B, 2>>,
+    plan: PhasePlan,
+    values: Vec<Tensor<B, 2>>,
 ) -> PemaAdapter<B> {
-    let second = p.pop();
-    let first = p.pop();
     let mut out = a.clone();
-    if let (Some(first), Some(second)) = (first, second) {
-        out.a = first;
-        match phase {
-            Phase::Reconstruction => out.b_rct = second,
-            Phase::Prediction => out.b_pd = second,
+    for (p, v) in trained_params(phase, plan).iter().zip(values) {
+        match p {
+            Param::A => out.a = v,
+            Param::BRct => out.b_rct = v,
+            Param::BPd => out.b_pd = v,
         }
     }
     out
+}
+
+/// [`key_stats_host`] uploaded as [`KeyStats`].
+pub fn key_stats_of<B: Backend>(mem: &dyn MemorySource, device: &B::Device) -> Result<KeyStats<B>> {
+    let (mean, std) = key_stats_host(mem)?;
+    Ok(KeyStats::from_host(mean, std, device))
+}
+
+/// Per-dimension mean μ and standard deviation σ of the keys of `mem` (one streaming pass, f64
+/// sums); σ is floored at 1e-6·(1 + |μ|) so that a constant dimension maps to 0, not NaN.
+pub fn key_stats_host(mem: &dyn MemorySource) -> Result<(Vec<f32>, Vec<f32>)> {
+    let d = mem.hidden_size();
+    let n = mem.len();
+    if n == 0 {
+        return Err(AdapterError::Data {
+            what: "train".into(),
+            message: "has no entries".into(),
+        });
+    }
+    let (mut sum, mut sq) = (vec![0f64; d], vec![0f64; d]);
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    const CHUNK: u64 = 4096;
+    let mut start = 0u64;
+    while start < n as u64 {
+        let end = (start + CHUNK).min(n as u64);
+        let ids: Vec<u64> = (start..end).collect();
+        keys.clear();
+        values.clear();
+        mem.gather(&ids, &mut keys, &mut values)?;
+        for row in keys.chunks_exact(d) {
+            for (j, &x) in row.iter().enumerate() {
+                let x = x as f64;
+                sum[j] += x;
+                sq[j] += x * x;
+            }
+        }
+        start = end;
+    }
+    let nf = n as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / nf).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| {
+            let var = (q / nf - m * m).max(0.0);
+            var.sqrt().max(1e-6 * (1.0 + m.abs())) as f32
+        })
+        .collect();
+    let mean: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
+    if mean.iter().chain(&std).any(|v| !v.is_finite()) {
+        return Err(AdapterError::Data {
+            what: "train".into(),
+            message: "key statistics are not finite (a key holds inf or NaN)".into(),
+        });
+    }
+    Ok((mean, std))
 }
 
 fn fresh_start<B: Backend>(
@@ -300,7 +423,10 @@ fn fresh_start<B: Backend>(
     cfg: &TrainConfig,
     device: &B::Device,
 ) -> PhaseStart<B> {
-    let shapes: Vec<[usize; 2]> = trained(&adapter, phase).iter().map(|t| t.dims()).collect();
+    let shapes: Vec<[usize; 2]> = trained(&adapter, phase, cfg.plan)
+        .iter()
+        .map(|t| t.dims())
+        .collect();
     PhaseStart {
         best: adapter.clone(),
         adapter,
@@ -335,8 +461,9 @@ pub struct StepOutcome<B: Backend> {
 }
 
 /// One optimiser step of `phase` on a batch (`keys: [n, d]`, `values: [n]`): forward with
-/// dropout, backward, Adam. Returns the updated adapter and the batch loss (detached).
-/// This is exactly what [`train`] runs per step; it is public for benchmarks.
+/// dropout, backward, Adam, training the matrices `plan` assigns to `phase`. Returns the
+/// updated adapter and the batch loss (detached). This is exactly what [`train`] runs per
+/// step; it is public for benchmarks.
 pub fn train_step<B: AutodiffBackend>(
     adapter: &PemaAdapter<B::InnerBackend>,
     adam: &mut Adam<B::InnerBackend>,
@@ -344,32 +471,41 @@ pub fn train_step<B: AutodiffBackend>(
     keys: Tensor<B::InnerBackend, 2>,
     values: Tensor<B::InnerBackend, 1, Int>,
     phase: Phase,
+    plan: PhasePlan,
 ) -> Result<StepOutcome<B::InnerBackend>> {
-    let lift = |t: &Tensor<B::InnerBackend, 2>, grad: bool| {
+    let which = trained_params(phase, plan);
+    let lift = |t: &Tensor<B::InnerBackend, 2>, p: Param| {
         let t = Tensor::<B, 2>::from_inner(t.clone());
-        if grad { t.require_grad() } else { t }
+        if which.contains(&p) {
+            t.require_grad()
+        } else {
+            t
+        }
     };
-    let p1 = phase == Phase::Reconstruction;
     let ad = PemaAdapter::<B> {
         config: adapter.config,
-        a: lift(&adapter.a, true),
-        b_rct: lift(&adapter.b_rct, p1),
-        b_pd: lift(&adapter.b_pd, !p1),
+        a: lift(&adapter.a, Param::A),
+        b_rct: lift(&adapter.b_rct, Param::BRct),
+        b_pd: lift(&adapter.b_pd, Param::BPd),
+        key_stats: adapter.key_stats.as_ref().map(|s| KeyStats {
+            mean: Tensor::from_inner(s.mean.clone()),
+            std: Tensor::from_inner(s.std.clone()),
+        }),
     };
     let f = Tensor::<B, 2>::from_inner(keys);
     let y = Tensor::<B, 1, Int>::from_inner(values);
     let losses = ad.losses(head, f, y, phase, true);
     let grads = losses.total.backward();
-    let params = trained(&ad, phase);
+    let params = trained(&ad, phase, plan);
     let mut g = Vec::with_capacity(params.len());
     for p in &params {
         g.push(p.grad(&grads).ok_or_else(|| {
             AdapterError::Config("a trained parameter received no gradient".into())
         })?);
     }
-    let updated = adam.step(trained(adapter, phase), g);
+    let updated = adam.step(trained(adapter, phase, plan), g);
     Ok(StepOutcome {
-        adapter: with_trained(adapter, phase, updated),
+        adapter: with_trained(adapter, phase, plan, updated),
         loss: losses.total.inner(),
     })
 }
@@ -432,7 +568,7 @@ fn run_phase<B: AutodiffBackend>(
             let StepOutcome {
                 adapter: next,
                 loss,
-            } = train_step::<B>(&adapter, &mut adam, &ctx.head_ad, f, y, phase)?;
+            } = train_step::<B>(&adapter, &mut adam, &ctx.head_ad, f, y, phase, cfg.plan)?;
             adapter = next;
             running = Some(match running {
                 Some(r) => r + loss,
@@ -776,9 +912,12 @@ fn check_resume(
         || c.phase2.batch_size != cfg.phase2.batch_size
         || c.seed != cfg.seed
         || c.validate_every != cfg.validate_every
+        || c.key_norm != cfg.key_norm
+        || c.plan != cfg.plan
     {
         return bad(
-            "rank, dropout, kappa, batch sizes, seed and validate_every must match the checkpoint \
+            "rank, dropout, kappa, batch sizes, seed, validate_every, key_norm and plan must \
+             match the checkpoint \
              (start over without resume to change them)"
                 .into(),
         );
@@ -874,6 +1013,7 @@ fn load_start<AD: AutodiffBackend>(
             a: get(&format!("{prefix}.a"))?,
             b_rct: get(&format!("{prefix}.b_rct"))?,
             b_pd: get(&format!("{prefix}.b_pd"))?,
+            key_stats: ctx.key_stats.clone(),
         })
     };
     let adapter = adapter_of("cur")?;
@@ -881,7 +1021,7 @@ fn load_start<AD: AutodiffBackend>(
     let cfg = ctx.cfg;
     let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon, &[], device);
     adam.t = st.adam_t;
-    adam.moments = (0..trained(&adapter, phase).len())
+    adam.moments = (0..trained(&adapter, phase, cfg.plan).len())
         .map(|i| -> Result<Moments<B<AD>>> {
             Ok(Moments {
                 m: get(&format!("adam.m{i}"))?,

@@ -258,18 +258,12 @@ pub fn build_transformer<B: Backend>(
     let mut blk = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let n = |k: &str| format!("blk.{i}.{k}.weight");
-        let need_norm = |k: &str| -> Result<Option<RmsNorm<B>>> {
+        // Gemma 3 requires its extra norms; Llama may carry them (q/k norms in some variants).
+        let family_norm = |k: &str, width: usize| -> Result<Option<RmsNorm<B>>> {
             if gemma {
-                norm(src, &n(k), d, eps, device).map(Some)
+                norm(src, &n(k), width, eps, device).map(Some)
             } else {
-                optional_norm(src, &n(k), d, eps, device)
-            }
-        };
-        let head_norm = |k: &str| -> Result<Option<RmsNorm<B>>> {
-            if gemma {
-                norm(src, &n(k), hd, eps, device).map(Some)
-            } else {
-                optional_norm(src, &n(k), hd, eps, device)
+                optional_norm(src, &n(k), width, eps, device)
             }
         };
         blk.push(Block {
@@ -279,17 +273,17 @@ pub fn build_transformer<B: Backend>(
                 attn_k: linear(src, &n("attn_k"), kv_dim, d, device)?,
                 attn_v: linear(src, &n("attn_v"), kv_dim, d, device)?,
                 attn_output: linear(src, &n("attn_output"), d, q_dim, device)?,
-                attn_q_norm: head_norm("attn_q_norm")?,
-                attn_k_norm: head_norm("attn_k_norm")?,
+                attn_q_norm: family_norm("attn_q_norm", hd)?,
+                attn_k_norm: family_norm("attn_k_norm", hd)?,
             },
-            post_attention_norm: need_norm("post_attention_norm")?,
+            post_attention_norm: family_norm("post_attention_norm", d)?,
             ffn_norm: norm(src, &n("ffn_norm"), d, eps, device)?,
             mlp: Mlp {
                 ffn_gate: linear(src, &n("ffn_gate"), c.ffn_size, d, device)?,
                 ffn_up: linear(src, &n("ffn_up"), c.ffn_size, d, device)?,
                 ffn_down: linear(src, &n("ffn_down"), d, c.ffn_size, device)?,
             },
-            post_ffw_norm: need_norm("post_ffw_norm")?,
+            post_ffw_norm: family_norm("post_ffw_norm", d)?,
         });
     }
     let out_norm = required(src, "output_norm.weight", &[d])?;

@@ -11,21 +11,17 @@ use burn::tensor::backend::Backend;
 use pema_adapter::PemaAdapter;
 use pema_backbone::{GenerateOptions, Greedy, LoadedModel, Plm};
 use pema_memory::{PairsFile, PromptTemplate};
-use pema_schedule::{OracleLengths, PemaPolicy, Schedule, parse_length_mode, plan_lengths};
+use pema_schedule::{
+    KnnLmPolicy, OracleLengths, PemaPolicy, Schedule, parse_length_mode, plan_lengths,
+};
 
 /// Arguments of `pema decode`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DecodeArgs {
-    /// Model directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Pairs file (JSON lines `source`/`target` or the paper's `en`/`du`, or TSV). Targets are
-    /// read only in oracle length mode and for `--refs-out`.
-    #[arg(long)]
-    pub pairs: PathBuf,
-    /// Prompt template: `mt`, `formality` or a file with `{source}`.
-    #[arg(long, default_value = "mt")]
-    pub template: String,
+    /// Model, pairs (targets are read only in oracle length mode and for `--refs-out`) and
+    /// prompt template.
+    #[command(flatten)]
+    pub input: crate::args::TaskInput,
     /// Output file: one hypothesis per line.
     #[arg(long)]
     pub out: PathBuf,
@@ -58,6 +54,19 @@ pub struct DecodeArgs {
     /// Target/source token-length ratio; default: the adapter's recorded ratio, else 1.5.
     #[arg(long)]
     pub length_ratio: Option<f64>,
+    /// LoRA directory from `pema lora`: decode with the LoRA-merged backbone.
+    #[arg(long, conflicts_with_all = ["adapter", "knn_memory"])]
+    pub lora: Option<PathBuf>,
+    /// kNN-LM baseline: the datastore (a memory directory; exact L2 search over standardised
+    /// keys). Needs `--knn-params`; excludes `--adapter`.
+    #[arg(long, requires = "knn_params", conflicts_with = "adapter")]
+    pub knn_memory: Option<PathBuf>,
+    /// kNN-LM parameters: the JSON written by `pema knn-tune`.
+    #[arg(long, requires = "knn_memory")]
+    pub knn_params: Option<PathBuf>,
+    /// Also write the decoding summary (tokens, seconds, tokens/s) as JSON here.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
     /// Write per-step traces (λ, P_LM and P_PEMA of the chosen token, winner) as JSON lines.
     #[arg(long)]
     pub trace: Option<PathBuf>,
@@ -92,8 +101,8 @@ pub fn run<B: Backend>(
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let pairs = PairsFile::read(&args.pairs)?;
-    let template = PromptTemplate::resolve(&args.template)?;
+    let pairs = PairsFile::read(&args.input.pairs)?;
+    let template = PromptTemplate::resolve(&args.input.template)?;
     let n = args.limit.unwrap_or(pairs.len()).min(pairs.len());
     let pairs = &pairs.pairs[..n];
     let tok = &m.tokenizer;
@@ -133,6 +142,21 @@ pub fn run<B: Backend>(
         None
     };
     let plan = plan_lengths(horizon_mode, max_mode, &source_lens, oracle.as_ref())?;
+    let datastore = match &args.knn_memory {
+        Some(dir) => Some(crate::knn_cmd::Datastore::open(dir)?),
+        None => None,
+    };
+    let knn_keys = match &datastore {
+        Some(ds) => Some(ds.standardized()?),
+        None => None,
+    };
+    let knn = match (&knn_keys, &args.knn_params) {
+        (Some(keys), Some(p)) => Some((
+            crate::knn_cmd::index::<B>(keys, device)?,
+            crate::knn_cmd::read_params(p)?,
+        )),
+        _ => None,
+    };
     let stop = tok.stop_ids();
     let schedule = Schedule::from_cli(&args.schedule, args.lambda_max, args.lambda_floor)?;
     let mut hyps = Vec::with_capacity(n);
@@ -146,6 +170,13 @@ pub fn run<B: Backend>(
             stop_tokens: stop.clone(),
         };
         let out = match &adapter {
+            None if knn.is_some() => {
+                let (Some((index, params)), Some(keys)) = (&knn, &knn_keys) else {
+                    bail!("kNN-LM datastore missing");
+                };
+                let mut policy = KnnLmPolicy::new(index, keys, *params)?;
+                m.model.generate(chunk, &opts, &mut policy)?
+            }
             None => m.model.generate(chunk, &opts, &mut Greedy)?,
             Some((a, _)) => {
                 let horizons = plan.horizons[lo..lo + chunk.len()].to_vec();
@@ -191,6 +222,10 @@ pub fn run<B: Backend>(
         uses_reference: plan.uses_reference,
         method: if adapter.is_some() {
             format!("pema-{}", args.schedule)
+        } else if knn.is_some() {
+            "knn-lm".into()
+        } else if args.lora.is_some() {
+            "lora".into()
         } else {
             "plm".into()
         },

@@ -1,7 +1,10 @@
 //! `pema`: the command line of the Rust PEMA implementation.
 
+mod args;
 mod backend;
 mod decode_cmd;
+mod knn_cmd;
+mod lora_cmd;
 mod memory_cmd;
 mod score;
 mod train_cmd;
@@ -40,6 +43,12 @@ enum Command {
     Train(TrainCli),
     /// Export the LM head (final norm + W_hd): what the PLM owner hands to the data owner.
     ExportHead(ExportHeadArgs),
+    /// LoRA fine-tuning of the backbone (the PEFT baseline): writes a LoRA directory.
+    Lora(lora_cmd::LoraArgs),
+    /// Choose the kNN-LM baseline's k, temperature and λ on a dev memory.
+    KnnTune(knn_cmd::KnnTuneArgs),
+    /// Choose PEMA's λmax on a dev memory (NLL of the mixture, no decoding).
+    TuneLambda(train_cmd::TuneLambdaArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,10 +168,33 @@ impl BackendTask for &TrainCli {
 impl BackendTask for &decode_cmd::DecodeArgs {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let m = load::<B::InnerBackend>(&self.model, &device)?;
+        let mut m = load::<B::InnerBackend>(&self.input.model, &device)?;
+        if let Some(dir) = &self.lora {
+            m.model = pema_lora::load_merged(&m, dir, &device)
+                .with_context(|| format!("loading LoRA weights {}", dir.display()))?;
+        }
         let summary = decode_cmd::run::<B::InnerBackend>(self, &m, &device)?;
-        eprintln!("{}", serde_json::to_string(&summary)?);
+        let line = serde_json::to_string(&summary)?;
+        if let Some(path) = &self.summary {
+            std::fs::write(path, format!("{line}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!("{line}");
         Ok(())
+    }
+}
+
+impl BackendTask for &knn_cmd::KnnTuneArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        knn_cmd::run::<B::InnerBackend>(self, &device).map(|_| ())
+    }
+}
+
+impl BackendTask for &train_cmd::TuneLambdaArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        train_cmd::tune_lambda::<B::InnerBackend>(self, &device)
     }
 }
 
@@ -186,7 +218,7 @@ struct MemoryBuild<'a>(&'a memory_cmd::BuildArgs);
 impl BackendTask for MemoryBuild<'_> {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let m = load::<B::InnerBackend>(&self.0.model, &device)?;
+        let m = load::<B::InnerBackend>(&self.0.input.model, &device)?;
         let info = pema_memory::ModelInfo {
             name: m.model.config.name.clone(),
             weights_sha256: m.weights_sha256.clone(),
@@ -211,5 +243,8 @@ fn main() -> Result<()> {
         Command::Memory(cmd) => memory_cmd::run(cmd),
         Command::Train(a) => dispatch(a.device, a),
         Command::ExportHead(a) => dispatch(DeviceArg::Cpu, a),
+        Command::KnnTune(a) => dispatch(a.device, a),
+        Command::Lora(a) => dispatch(a.device, a),
+        Command::TuneLambda(a) => dispatch(a.device, a),
     }
 }

@@ -34,15 +34,9 @@ pub enum DtypeArg {
 /// Arguments of `pema memory build`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
-    /// Model directory (GGUF or Hugging Face layout).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Training pairs: JSON lines with `source`/`target` (or the paper's `en`/`du`), or TSV.
-    #[arg(long)]
-    pub pairs: PathBuf,
-    /// Prompt template: `mt`, `formality`, or a file containing `{source}` (few-shot allowed).
-    #[arg(long, default_value = "mt")]
-    pub template: String,
+    /// Model, training pairs and prompt template.
+    #[command(flatten)]
+    pub input: crate::args::TaskInput,
     /// Construction mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Free)]
     pub mode: ModeArg,
@@ -81,7 +75,7 @@ impl BuildArgs {
                 DtypeArg::F32 => KeyDtype::F32,
                 DtypeArg::F16 => KeyDtype::F16,
             },
-            template: PromptTemplate::resolve(&self.template)?,
+            template: PromptTemplate::resolve(&self.input.template)?,
             batch_size: self.batch_size,
             pairs_per_shard: self.pairs_per_shard,
             max_extra_steps: self.max_extra_steps,
@@ -171,7 +165,7 @@ where
     T: PairTokenizer + ?Sized,
 {
     let cfg = args.config()?;
-    let pairs = PairsFile::read(&args.pairs)?;
+    let pairs = PairsFile::read(&args.input.pairs)?;
     let summary = build_memory(plm, tokenizer, model, &pairs, &cfg, &args.out)
         .with_context(|| format!("building the memory in {}", args.out.display()))?;
     eprintln!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
-use pema_adapter::{PhaseConfig, TrainConfig};
+use pema_adapter::{KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 use pema_backbone::LmHead;
 use pema_memory::{MemorySource, MemoryStore};
 
@@ -76,6 +76,35 @@ pub struct TrainArgs {
     /// Stop after this many steps in this run (resume later); for time-limited jobs.
     #[arg(long)]
     pub halt_after_steps: Option<u64>,
+    /// How keys enter the adapter: `standardize` (pema: (f − μ)/σ per dimension, from the
+    /// training memory) or `none` (the paper: raw f(c)).
+    #[arg(long, value_enum, default_value_t = KeyNormArg::Standardize)]
+    pub key_norm: KeyNormArg,
+    /// Which parameters each phase trains: the paper's `two-phase`, or the ablations `joint`
+    /// (no phase 1; A, B_rct, B_pd trained together) and `bpd-only` (phase 2 trains B_pd on
+    /// phase 1's frozen A₁).
+    #[arg(long, value_enum, default_value_t = PlanArg::TwoPhase)]
+    pub plan: PlanArg,
+}
+
+/// `--key-norm` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyNormArg {
+    /// Per-dimension standardisation (pema's default).
+    Standardize,
+    /// Raw f(c) (the paper).
+    None,
+}
+
+/// `--plan` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanArg {
+    /// The paper's two phases.
+    TwoPhase,
+    /// Ablation "phase 2 only".
+    Joint,
+    /// Ablation "B_pd only".
+    BpdOnly,
 }
 
 impl TrainArgs {
@@ -104,6 +133,15 @@ impl TrainArgs {
             resume: !self.no_resume,
             length_ratio: self.length_ratio,
             halt_after_steps: self.halt_after_steps,
+            key_norm: match self.key_norm {
+                KeyNormArg::Standardize => KeyNorm::Standardize,
+                KeyNormArg::None => KeyNorm::None,
+            },
+            plan: match self.plan {
+                PlanArg::TwoPhase => PhasePlan::TwoPhase,
+                PlanArg::Joint => PhasePlan::Joint,
+                PlanArg::BpdOnly => PhasePlan::BpdOnly,
+            },
             ..TrainConfig::default()
         }
     }
@@ -137,6 +175,7 @@ pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::
         args.rank,
         args.kappa
     );
+    let t0 = std::time::Instant::now();
     let report = pema_adapter::train::<B>(
         &head,
         &train_mem,
@@ -160,6 +199,76 @@ pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::
             if p.early_stopped { " (early stop)" } else { "" }
         );
     }
+    let summary = serde_json::json!({
+        "seconds": t0.elapsed().as_secs_f64(),
+        "peak_rss_bytes": pema_lora::peak_rss_bytes(),
+        "trainable_params": 3 * args.rank * head.hidden_size(),
+        "memory_entries": train_mem.len(),
+        "phase1": report.phase1,
+        "phase2": report.phase2,
+    });
+    let path = args.out.join("train_summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("{}", report.artifact.display());
+    Ok(())
+}
+
+/// Arguments of `pema tune-lambda`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TuneLambdaArgs {
+    /// Trained adapter directory.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The exported LM head the adapter was trained against.
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Dev memory (its contexts give P_LM and P_PEMA; its values are scored).
+    #[arg(long)]
+    pub dev_memory: PathBuf,
+    /// Output JSON (the chosen λ and the whole grid).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Candidate λ values.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9"
+    )]
+    pub lambda: Vec<f64>,
+    /// At most this many dev entries (evenly spaced).
+    #[arg(long, default_value_t = 4000)]
+    pub max_dev: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: crate::backend::DeviceArg,
+}
+
+/// Runs `pema tune-lambda`: λmax chosen by the dev NLL of the mixture (no decoding).
+pub fn tune_lambda<B: burn::tensor::backend::Backend>(
+    args: &TuneLambdaArgs,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let head = LmHead::<B>::load(&args.head, device)
+        .with_context(|| format!("loading the LM head {}", args.head.display()))?;
+    let (adapter, _) = pema_adapter::PemaAdapter::<B>::load(&args.adapter, &head, device)
+        .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
+    let dev = MemoryStore::open(&args.dev_memory)
+        .with_context(|| format!("opening the dev memory {}", args.dev_memory.display()))?;
+    let r = pema_schedule::tune_lambda(&adapter, &head, &dev, &args.lambda, args.max_dev)?;
+    std::fs::write(&args.out, serde_json::to_string_pretty(&r)? + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "λ on {} dev entries: best {} (NLL {:.4}; PLM alone {:.4}); top-1 PEMA {:.1}%, PLM {:.1}%",
+        r.dev_entries,
+        r.best.lambda,
+        r.best.nll,
+        r.grid
+            .iter()
+            .find(|p| p.lambda == 0.0)
+            .map_or(f64::NAN, |p| p.nll),
+        100.0 * r.pema_top1,
+        100.0 * r.plm_top1
+    );
     Ok(())
 }

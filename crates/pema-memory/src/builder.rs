@@ -355,7 +355,7 @@ where
             // Gold tokens: held by the memory writer.
             let gold = batch
                 .iter()
-                .map(|p| tokenizer.encode_target(&p.target))
+                .map(|p| tokenizer.encode_target(&cfg.template.target_text(&p.target)))
                 .collect::<Result<Vec<_>>>()?;
             let keys = match cfg.mode {
                 BuildMode::FreeRunning => {

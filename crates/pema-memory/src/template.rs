@@ -73,6 +73,21 @@ impl PromptTemplate {
     pub fn render(&self, source: &str) -> String {
         self.text.replace(SOURCE_PLACEHOLDER, source)
     }
+
+    /// The target text as it continues the rendered prompt: when the prompt does not end in
+    /// whitespace (`"…German:"`), the model writes a space before the answer, so the target is
+    /// tokenised as `" " + target` (SentencePiece `▁Wort`, byte-level BPE `ĠWort`) instead of
+    /// the word-initial pieces a bare string gets. Prompts ending in a space (the paper's
+    /// `"German: "`) take the target as is.
+    pub fn target_text(&self, target: &str) -> String {
+        let needs_space = self.text.chars().last().is_some_and(|c| !c.is_whitespace())
+            && !target.starts_with(char::is_whitespace);
+        if needs_space {
+            format!(" {target}")
+        } else {
+            target.to_string()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +104,14 @@ mod tests {
             PromptTemplate::formality().render("gonna go"),
             "Convert the following informal sentence into a formal sentence: \nInformal: gonna go\nFormal: "
         );
+    }
+
+    #[test]
+    fn targets_continue_the_prompt_with_a_space_when_it_has_none() {
+        assert_eq!(PromptTemplate::mt().target_text("Hallo."), "Hallo.");
+        let t = PromptTemplate::from_text("t", "EN: {source}\nDE:").expect("template");
+        assert_eq!(t.target_text("Hallo."), " Hallo.");
+        assert_eq!(t.target_text(" Hallo."), " Hallo.");
     }
 
     #[test]

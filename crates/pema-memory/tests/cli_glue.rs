@@ -1,6 +1,8 @@
 //! Compiles and exercises `pema-cli`'s `memory_cmd.rs` (the CLI glue of this crate) with the
 //! toy PLM, so the glue is tested where the memory code lives.
 
+#[path = "../../pema-cli/src/args.rs"]
+mod args;
 #[path = "../../pema-cli/src/memory_cmd.rs"]
 mod memory_cmd;
 

@@ -11,6 +11,8 @@
 //! * paired bootstrap and approximate-randomisation significance tests and bootstrap
 //!   confidence intervals ([`significance`]);
 //! * NLL / perplexity over target tokens ([`nll`]);
+//! * the official scorer's kind of hypothesis clean-up, reported only beside raw scores
+//!   ([`postprocess`]);
 //! * file reading with typed errors ([`io`]) and the `pema score` pipeline ([`report`]).
 //!
 //! Every metric implements [`Metric`]: a segment becomes a vector of additive sufficient
@@ -35,6 +37,7 @@ pub mod io;
 pub mod metric;
 mod ngram;
 pub mod nll;
+pub mod postprocess;
 pub mod report;
 pub mod signature;
 pub mod significance;

@@ -6,15 +6,22 @@
 //! 0). The horizon L and the maximum length come from a [`LengthPlan`] that by default reads
 //! only the source (L = ⌈source tokens × ratio⌉); the official code's reference-based L is
 //! available only as the labelled oracle mode. [`PemaPolicy`] plugs all of this into the
-//! backbone's decoding seam (greedy, batched) and can trace every step.
+//! backbone's decoding seam (greedy, batched) and can trace every step. The kNN-LM baseline
+//! ([`KnnLmPolicy`], [`tune_knn_lm`]) interpolates the same way over the same memory.
 
 pub mod error;
+pub mod knn_lm;
 pub mod length;
 pub mod mix;
 pub mod policy;
 pub mod schedule;
+pub mod tune;
 
 pub use error::{Result, ScheduleError};
+pub use knn_lm::{
+    KnnGridPoint, KnnLmParams, KnnLmPolicy, KnnTuneReport, StandardizedSource, knn_log_probs,
+    tune_knn_lm,
+};
 pub use length::{
     HorizonMode, LengthPlan, MaxLenMode, OracleLengths, estimate_length_ratio, parse_length_mode,
     plan_lengths,
@@ -22,3 +29,4 @@ pub use length::{
 pub use mix::{mix_log_probs, mix_logits};
 pub use policy::{PemaPolicy, StepTrace, Winner, write_traces_jsonl};
 pub use schedule::Schedule;
+pub use tune::{LambdaPoint, LambdaTuneReport, tune_lambda};

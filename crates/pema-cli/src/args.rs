@@ -1,0 +1,18 @@
+//! Arguments shared by the commands that run the PLM over a pairs file.
+
+use std::path::PathBuf;
+
+/// The model, the pairs and the prompt template: what `decode`, `memory build` and
+/// `lora train` read.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskInput {
+    /// Model directory (`model.gguf` + `tokenizer.json`, or the Hugging Face layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Pairs file: JSON lines with `source`/`target` (or the paper's `en`/`du`), or TSV.
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// Prompt template: `mt`, `formality`, or a file containing `{source}` (few-shot allowed).
+    #[arg(long, default_value = "mt")]
+    pub template: String,
+}

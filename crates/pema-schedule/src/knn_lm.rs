@@ -1,0 +1,484 @@
+//! The kNN-LM baseline (Khandelwal et al., 2020) on the same external memory as PEMA.
+//!
+//! At each step the context representation f(c) retrieves its k nearest keys (exact search,
+//! squared L2 distance d_i) and the neighbours' values vote:
+//!
+//! ```text
+//! P_kNN(y|c) = Σ_{i: v_i = y} exp(−d_i/T) / Σ_i exp(−d_i/T)
+//! P(y|c)     = λ·P_kNN(y|c) + (1−λ)·P_LM(y|c)          (in log space)
+//! ```
+//!
+//! Keys are compared after the same per-dimension standardisation PEMA uses (μ, σ from the
+//! training memory; see `pema_adapter::KeyNorm`): Gemma's pre-norm residual stream has a few
+//! dimensions of magnitude ~10⁴ that would otherwise decide every distance. k, T and λ are chosen
+//! on the dev memory by the token-level negative log-likelihood of the gold values
+//! ([`tune_knn_lm`]), as kNN-LM tunes on validation perplexity; P_LM there is the head applied to
+//! the dev key itself, W_hd·norm(f(c)), which is exactly the PLM's distribution for that context.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use pema_backbone::{LmHead, StepOutput, StepPolicy};
+use pema_memory::{ExactKnn, MemoryError, MemorySource, Neighbor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScheduleError};
+
+/// The three hyper-parameters of kNN-LM.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KnnLmParams {
+    /// Neighbours retrieved per step.
+    pub k: usize,
+    /// Softmax temperature T over −d (squared L2 distances of standardised keys).
+    pub temperature: f64,
+    /// Interpolation weight λ of P_kNN.
+    pub lambda: f64,
+}
+
+impl KnnLmParams {
+    /// Checks k ≥ 1, T > 0 and λ ∈ [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(ScheduleError::Config(format!(
+                "kNN-LM needs k ≥ 1 and T > 0, got k {} and T {}",
+                self.k, self.temperature
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.lambda) {
+            return Err(ScheduleError::Config(format!(
+                "kNN-LM λ must be in [0, 1], got {}",
+                self.lambda
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A memory whose keys are read standardised, x = (f − μ)/σ per dimension.
+pub struct StandardizedSource<'a> {
+    inner: &'a dyn MemorySource,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl<'a> StandardizedSource<'a> {
+    /// Wraps `inner` with statistics μ, σ (length d, σ > 0).
+    pub fn new(inner: &'a dyn MemorySource, mean: Vec<f32>, std: Vec<f32>) -> Result<Self> {
+        let d = inner.hidden_size();
+        if mean.len() != d || std.len() != d || std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+            return Err(ScheduleError::Config(format!(
+                "key statistics of width {}/{} (σ > 0 required) do not fit keys of width {d}",
+                mean.len(),
+                std.len()
+            )));
+        }
+        Ok(Self { inner, mean, std })
+    }
+
+    /// Standardises row-major keys in place.
+    pub fn apply(&self, keys: &mut [f32]) {
+        let d = self.mean.len();
+        for row in keys.chunks_exact_mut(d.max(1)) {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x - m) / s;
+            }
+        }
+    }
+}
+
+impl MemorySource for StandardizedSource<'_> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn hidden_size(&self) -> usize {
+        self.inner.hidden_size()
+    }
+    fn gather(
+        &self,
+        ids: &[u64],
+        keys: &mut Vec<f32>,
+        values: &mut Vec<u32>,
+    ) -> std::result::Result<(), MemoryError> {
+        let start = keys.len();
+        self.inner.gather(ids, keys, values)?;
+        self.apply(&mut keys[start..]);
+        Ok(())
+    }
+    fn fingerprint(&self) -> String {
+        format!("standardized:{}", self.inner.fingerprint())
+    }
+}
+
+/// log P_kNN(y) for every value y among `neighbors` (the first `k` are used), from their
+/// distances at temperature `t`: a sparse distribution as (token, log-probability) pairs.
+pub fn knn_log_probs(neighbors: &[Neighbor], k: usize, t: f64) -> Vec<(u32, f64)> {
+    let nb = &neighbors[..k.min(neighbors.len())];
+    if nb.is_empty() {
+        return Vec::new();
+    }
+    let scores: Vec<f64> = nb.iter().map(|n| -f64::from(n.distance) / t).collect();
+    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+    let log_z = m + total.ln();
+    let mut out: Vec<(u32, f64)> = Vec::new();
+    for (n, s) in nb.iter().zip(&scores) {
+        let w = (s - m).exp();
+        match out.iter_mut().find(|(v, _)| *v == n.value) {
+            Some((_, acc)) => *acc += w,
+            None => out.push((n.value, w)),
+        }
+    }
+    for (_, acc) in &mut out {
+        *acc = m + acc.ln() - log_z;
+    }
+    out
+}
+
+/// log(λ·exp(a) + (1−λ)·exp(b)) for log-probabilities a (kNN) and b (LM), −∞-safe.
+pub fn mix_pair(log_knn: f64, log_lm: f64, lambda: f64) -> f64 {
+    let a = if lambda > 0.0 {
+        lambda.ln() + log_knn
+    } else {
+        f64::NEG_INFINITY
+    };
+    let b = if lambda < 1.0 {
+        (-lambda).ln_1p() + log_lm
+    } else {
+        f64::NEG_INFINITY
+    };
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// Greedy kNN-LM decoding as a [`StepPolicy`]: argmax of λ·P_kNN + (1−λ)·P_LM.
+///
+/// P_kNN is sparse, so the argmax is either the PLM's own argmax or one of the neighbours'
+/// values: only those columns of log P_LM are read back from the device.
+pub struct KnnLmPolicy<'a, B: Backend> {
+    index: &'a ExactKnn<B>,
+    keys: &'a StandardizedSource<'a>,
+    params: KnnLmParams,
+}
+
+impl<'a, B: Backend> KnnLmPolicy<'a, B> {
+    /// A policy over `index` (built on `keys`, the standardised training memory).
+    pub fn new(
+        index: &'a ExactKnn<B>,
+        keys: &'a StandardizedSource<'a>,
+        params: KnnLmParams,
+    ) -> Result<Self> {
+        params.validate()?;
+        Ok(Self {
+            index,
+            keys,
+            params,
+        })
+    }
+}
+
+fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+impl<B: Backend> StepPolicy<B> for KnnLmPolicy<'_, B> {
+    fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
+        let [n, d] = out.context.0.dims();
+        let mut q = host_f32(out.context.0.clone());
+        let lm_argmax = pema_backbone::seam::argmax_rows(out.logits.clone());
+        if q.len() != n * d || lm_argmax.len() != n {
+            return lm_argmax;
+        }
+        self.keys.apply(&mut q);
+        let Ok(neigh) = self.index.search_host(&q, self.params.k) else {
+            return lm_argmax;
+        };
+        let knn: Vec<Vec<(u32, f64)>> = neigh
+            .iter()
+            .map(|nb| knn_log_probs(nb, self.params.k, self.params.temperature))
+            .collect();
+        // Candidate columns per row: the PLM's argmax, then the neighbours' values.
+        let width = 1 + knn.iter().map(Vec::len).max().unwrap_or(0);
+        let mut idx = Vec::with_capacity(n * width);
+        for (i, row) in knn.iter().enumerate() {
+            idx.push(i64::from(lm_argmax[i]));
+            idx.extend(row.iter().map(|(v, _)| i64::from(*v)));
+            idx.extend(std::iter::repeat_n(
+                i64::from(lm_argmax[i]),
+                width - 1 - row.len(),
+            ));
+        }
+        let device = out.logits.device();
+        let idx_t = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, width]), &device);
+        let lp = host_f32(log_softmax(out.logits.clone(), 1).gather(1, idx_t));
+        if lp.len() != n * width {
+            return lm_argmax;
+        }
+        let lambda = self.params.lambda;
+        (0..n)
+            .map(|i| {
+                let row = &lp[i * width..(i + 1) * width];
+                let mut best = (
+                    lm_argmax[i],
+                    mix_pair(f64::NEG_INFINITY, row[0] as f64, lambda),
+                );
+                for (j, (v, lk)) in knn[i].iter().enumerate() {
+                    let s = mix_pair(*lk, row[1 + j] as f64, lambda);
+                    if s > best.1 {
+                        best = (*v, s);
+                    }
+                }
+                best.0
+            })
+            .collect()
+    }
+}
+
+/// One point of the dev grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KnnGridPoint {
+    /// The setting.
+    pub params: KnnLmParams,
+    /// Mean negative log-likelihood (nats per token) of the dev values under the mixture.
+    pub nll: f64,
+}
+
+/// The outcome of [`tune_knn_lm`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnnTuneReport {
+    /// The setting with the lowest dev NLL.
+    pub best: KnnGridPoint,
+    /// The PLM alone on the same dev entries (λ = 0).
+    pub plm_nll: f64,
+    /// Mean squared distance of the nearest neighbour (the temperature grid is relative to it).
+    pub mean_nearest_distance: f64,
+    /// Every evaluated setting.
+    pub grid: Vec<KnnGridPoint>,
+    /// Dev entries evaluated.
+    pub dev_entries: usize,
+}
+
+/// Chooses k, T and λ on the dev memory by the NLL of its gold values under
+/// λ·P_kNN + (1−λ)·P_LM. Temperatures are `temp_factors` × the mean nearest-neighbour distance.
+/// At most `max_dev` dev entries are used (evenly spaced).
+#[allow(clippy::too_many_arguments)]
+pub fn tune_knn_lm<B: Backend>(
+    index: &ExactKnn<B>,
+    keys: &StandardizedSource<'_>,
+    dev: &dyn MemorySource,
+    head: &LmHead<B>,
+    ks: &[usize],
+    temp_factors: &[f64],
+    lambdas: &[f64],
+    max_dev: usize,
+) -> Result<KnnTuneReport> {
+    let kmax = ks.iter().copied().max().unwrap_or(0);
+    if kmax == 0 || temp_factors.is_empty() || lambdas.is_empty() || dev.is_empty() {
+        return Err(ScheduleError::Config(
+            "kNN-LM tuning needs non-empty grids, k ≥ 1 and a non-empty dev memory".into(),
+        ));
+    }
+    let n = dev.len();
+    let take = n.min(max_dev.max(1));
+    let ids: Vec<u64> = (0..take).map(|i| (i * n / take) as u64).collect();
+    let d = dev.hidden_size();
+    let device = head.weight.device();
+    let mut lm = Vec::with_capacity(take);
+    let mut neigh = Vec::with_capacity(take);
+    let mut gold = Vec::with_capacity(take);
+    for chunk in ids.chunks(256) {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        dev.gather(chunk, &mut k, &mut v)
+            .map_err(|e| ScheduleError::Config(format!("reading the dev memory: {e}")))?;
+        let m = chunk.len();
+        let f = Tensor::<B, 2>::from_data(TensorData::new(k.clone(), [m, d]), &device);
+        let y: Vec<i64> = v.iter().map(|&t| i64::from(t)).collect();
+        let y = Tensor::<B, 2, Int>::from_data(TensorData::new(y, [m, 1]), &device);
+        lm.extend(
+            host_f32(log_softmax(head.forward(f), 1).gather(1, y))
+                .into_iter()
+                .map(f64::from),
+        );
+        keys.apply(&mut k);
+        neigh.extend(
+            index
+                .search_host(&k, kmax)
+                .map_err(|e| ScheduleError::Config(format!("kNN search: {e}")))?,
+        );
+        gold.extend(v);
+    }
+    let mean_d1 = neigh
+        .iter()
+        .filter_map(|nb| nb.first().map(|x| f64::from(x.distance)))
+        .sum::<f64>()
+        / take as f64;
+    let scale = if mean_d1 > 0.0 { mean_d1 } else { 1.0 };
+    let plm_nll = -lm.iter().sum::<f64>() / take as f64;
+    let mut grid = Vec::new();
+    for &k in ks {
+        for &tf in temp_factors {
+            let t = tf * scale;
+            let lk: Vec<f64> = neigh
+                .iter()
+                .zip(&gold)
+                .map(|(nb, y)| {
+                    knn_log_probs(nb, k, t)
+                        .iter()
+                        .find(|(v, _)| v == y)
+                        .map_or(f64::NEG_INFINITY, |(_, l)| *l)
+                })
+                .collect();
+            for &lambda in lambdas {
+                let nll = -lk
+                    .iter()
+                    .zip(&lm)
+                    .map(|(a, b)| mix_pair(*a, *b, lambda))
+                    .sum::<f64>()
+                    / take as f64;
+                grid.push(KnnGridPoint {
+                    params: KnnLmParams {
+                        k,
+                        temperature: t,
+                        lambda,
+                    },
+                    nll,
+                });
+            }
+        }
+    }
+    let best = *grid
+        .iter()
+        .filter(|g| g.nll.is_finite())
+        .min_by(|a, b| a.nll.total_cmp(&b.nll))
+        .ok_or_else(|| ScheduleError::Config("every kNN-LM setting gave an infinite NLL".into()))?;
+    Ok(KnnTuneReport {
+        best,
+        plm_nll,
+        mean_nearest_distance: mean_d1,
+        grid,
+        dev_entries: take,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use pema_backbone::ContextRepr;
+    use pema_memory::{InMemory, Metric};
+
+    type B = NdArray<f32>;
+
+    fn nb(distance: f32, value: u32) -> Neighbor {
+        Neighbor {
+            distance,
+            value,
+            id: 0,
+        }
+    }
+
+    #[test]
+    fn knn_distribution_sums_to_one_and_merges_values() {
+        let n = [nb(0.0, 3), nb(1.0, 5), nb(1.0, 3), nb(9.0, 7)];
+        let p = knn_log_probs(&n, 3, 1.0);
+        assert_eq!(p.len(), 2, "k = 3 sees values 3 and 5 only");
+        let total: f64 = p.iter().map(|(_, l)| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        let p3 = p.iter().find(|(v, _)| *v == 3).expect("3").1.exp();
+        let e = (-1f64).exp();
+        assert!((p3 - (1.0 + e) / (1.0 + 2.0 * e)).abs() < 1e-12);
+        // Very low temperature: all mass on the nearest neighbour.
+        let cold = knn_log_probs(&n, 4, 1e-3);
+        assert!((cold.iter().find(|(v, _)| *v == 3).expect("3").1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn mixing_extremes_and_value() {
+        assert_eq!(mix_pair(-1.0, -2.0, 0.0), -2.0);
+        assert_eq!(mix_pair(-1.0, -2.0, 1.0), -1.0);
+        let m = mix_pair(0.5f64.ln(), 0.25f64.ln(), 0.4);
+        assert!((m.exp() - (0.4 * 0.5 + 0.6 * 0.25)).abs() < 1e-12);
+        assert_eq!(
+            mix_pair(f64::NEG_INFINITY, f64::NEG_INFINITY, 0.5),
+            f64::NEG_INFINITY
+        );
+    }
+
+    fn toy() -> (InMemory, LmHead<B>) {
+        // d = 2, vocab 4: keys near (1, 0) say token 2, keys near (0, 1) say token 3.
+        let keys = vec![1.0, 0.0, 1.1, 0.1, 0.0, 1.0, 0.1, 1.2];
+        let mem = InMemory {
+            keys,
+            values: vec![2, 2, 3, 3],
+            d: 2,
+            tag: "toy".into(),
+        };
+        let w = vec![0.0f32; 4 * 2];
+        let head = LmHead::<B>::from_host(vec![1.0, 1.0], 1e-6, w, 4, "toy", &Default::default())
+            .expect("head");
+        (mem, head)
+    }
+
+    #[test]
+    fn policy_follows_neighbours_when_lambda_is_high() {
+        let (mem, _) = toy();
+        let dev = Default::default();
+        let std = StandardizedSource::new(&mem, vec![0.0, 0.0], vec![1.0, 1.0]).expect("std");
+        let index = ExactKnn::<B>::new(&std, Metric::L2, 0, &dev).expect("index");
+        // PLM prefers token 1 in both rows (moderately).
+        let logits = vec![0.0, 2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        let out = StepOutput {
+            step: 0,
+            context: ContextRepr(Tensor::from_data(
+                TensorData::new(vec![1.0, 0.05, 0.05, 1.0], [2, 2]),
+                &dev,
+            )),
+            logits: Tensor::from_data(TensorData::new(logits, [2, 4]), &dev),
+            active: vec![true, true],
+        };
+        let params = |lambda| KnnLmParams {
+            k: 2,
+            temperature: 1.0,
+            lambda,
+        };
+        let mut p0 = KnnLmPolicy::new(&index, &std, params(0.0)).expect("policy");
+        assert_eq!(p0.next_tokens(&out), vec![1, 1]);
+        let mut p9 = KnnLmPolicy::new(&index, &std, params(0.9)).expect("policy");
+        assert_eq!(p9.next_tokens(&out), vec![2, 3]);
+        assert!(KnnLmPolicy::new(&index, &std, params(1.5)).is_err());
+    }
+
+    #[test]
+    fn tuning_prefers_the_memory_when_it_predicts_the_dev_values() {
+        let (mem, head) = toy();
+        let dev = Default::default();
+        let std = StandardizedSource::new(&mem, vec![0.0, 0.0], vec![1.0, 1.0]).expect("std");
+        let index = ExactKnn::<B>::new(&std, Metric::L2, 0, &dev).expect("index");
+        let dev_mem = InMemory {
+            keys: vec![0.9, 0.0, 0.0, 0.9],
+            values: vec![2, 3],
+            d: 2,
+            tag: "dev".into(),
+        };
+        let r = tune_knn_lm(
+            &index,
+            &std,
+            &dev_mem,
+            &head,
+            &[1, 2],
+            &[0.5, 1.0],
+            &[0.0, 0.5, 0.99],
+            100,
+        )
+        .expect("tune");
+        // Uniform head: PLM NLL = ln 4; the memory is right, so the largest λ wins.
+        assert!((r.plm_nll - 4f64.ln()).abs() < 1e-6, "{}", r.plm_nll);
+        assert_eq!(r.best.params.lambda, 0.99);
+        assert!(r.best.nll < 0.1 * r.plm_nll);
+        assert_eq!(r.grid.len(), 2 * 2 * 3);
+    }
+}

@@ -1,0 +1,154 @@
+//! Choosing λmax on the dev memory, without decoding: the token-level negative log-likelihood of
+//! the dev values under λ·P_PEMA + (1−λ)·P_LM, where P_LM = softmax(W_hd·norm(f(c))) is the
+//! PLM's own distribution for the dev context and P_PEMA the adapter's (paper §4's mixture at a
+//! constant λ). The paper fixes λmax = 0.9; this is the leak-free way to pick it for an adapter
+//! trained on another budget.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use pema_adapter::PemaAdapter;
+use pema_backbone::LmHead;
+use pema_memory::MemorySource;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScheduleError};
+use crate::knn_lm::mix_pair;
+
+/// NLL of the dev values at one λ.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LambdaPoint {
+    /// The mixture weight of P_PEMA.
+    pub lambda: f64,
+    /// Mean NLL (nats per token).
+    pub nll: f64,
+}
+
+/// The outcome of [`tune_lambda`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LambdaTuneReport {
+    /// The λ with the lowest dev NLL.
+    pub best: LambdaPoint,
+    /// Every λ evaluated (λ = 0 is the PLM alone).
+    pub grid: Vec<LambdaPoint>,
+    /// Top-1 accuracy of P_PEMA alone on the dev values.
+    pub pema_top1: f64,
+    /// Top-1 accuracy of P_LM alone on the dev values.
+    pub plm_top1: f64,
+    /// Dev entries evaluated.
+    pub dev_entries: usize,
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default()
+}
+
+/// Evaluates every λ in `lambdas` on at most `max_dev` evenly spaced dev entries.
+pub fn tune_lambda<B: Backend>(
+    adapter: &PemaAdapter<B>,
+    head: &LmHead<B>,
+    dev: &dyn MemorySource,
+    lambdas: &[f64],
+    max_dev: usize,
+) -> Result<LambdaTuneReport> {
+    if lambdas.is_empty() || dev.is_empty() || lambdas.iter().any(|l| !(0.0..=1.0).contains(l)) {
+        return Err(ScheduleError::Config(
+            "λ tuning needs λ values in [0, 1] and a non-empty dev memory".into(),
+        ));
+    }
+    let n = dev.len();
+    let take = n.min(max_dev.max(1));
+    let ids: Vec<u64> = (0..take).map(|i| (i * n / take) as u64).collect();
+    let d = dev.hidden_size();
+    let device = head.weight.device();
+    let (mut lm, mut pe) = (Vec::with_capacity(take), Vec::with_capacity(take));
+    let (mut lm_hits, mut pe_hits) = (0usize, 0usize);
+    for chunk in ids.chunks(128) {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        dev.gather(chunk, &mut k, &mut v)
+            .map_err(|e| ScheduleError::Config(format!("reading the dev memory: {e}")))?;
+        let m = chunk.len();
+        let f = Tensor::<B, 2>::from_data(TensorData::new(k, [m, d]), &device);
+        let y: Vec<i64> = v.iter().map(|&t| i64::from(t)).collect();
+        let y = Tensor::<B, 2, Int>::from_data(TensorData::new(y, [m, 1]), &device);
+        let lp_lm = log_softmax(head.forward(f.clone()), 1);
+        let lp_pe = log_softmax(adapter.logits(head, f), 1);
+        let top = |lp: &Tensor<B, 2>| -> usize {
+            let am = lp.clone().argmax(1);
+            host(am.equal(y.clone()).float().sum())
+                .first()
+                .map_or(0, |c| *c as usize)
+        };
+        lm_hits += top(&lp_lm);
+        pe_hits += top(&lp_pe);
+        lm.extend(host(lp_lm.gather(1, y.clone())));
+        pe.extend(host(lp_pe.gather(1, y)));
+    }
+    let grid: Vec<LambdaPoint> = lambdas
+        .iter()
+        .map(|&lambda| LambdaPoint {
+            lambda,
+            nll: -pe
+                .iter()
+                .zip(&lm)
+                .map(|(a, b)| mix_pair(*a, *b, lambda))
+                .sum::<f64>()
+                / take as f64,
+        })
+        .collect();
+    let best = *grid
+        .iter()
+        .filter(|p| p.nll.is_finite())
+        .min_by(|a, b| a.nll.total_cmp(&b.nll))
+        .ok_or_else(|| ScheduleError::Config("every λ gave an infinite dev NLL".into()))?;
+    Ok(LambdaTuneReport {
+        best,
+        grid,
+        pema_top1: pe_hits as f64 / take as f64,
+        plm_top1: lm_hits as f64 / take as f64,
+        dev_entries: take,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use pema_adapter::AdapterConfig;
+    use pema_memory::InMemory;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn lambda_zero_is_the_plm_and_a_useless_adapter_is_not_chosen() {
+        let dev = Default::default();
+        let (d, v) = (4, 6);
+        let w: Vec<f32> = (0..v * d).map(|i| ((i as f32) * 0.91).sin()).collect();
+        let head = LmHead::<B>::from_host(vec![1.0; d], 1e-6, w, v, "t", &dev).expect("head");
+        let cfg = AdapterConfig {
+            d,
+            vocab: v,
+            rank: 2,
+            dropout: 0.0,
+            kappa: 0.2,
+        };
+        // B_pd = 0: P_PEMA is uniform, which cannot beat the PLM on its own argmax tokens.
+        let ad = PemaAdapter::<B>::new(cfg, 1, &dev).expect("adapter");
+        let keys: Vec<f32> = (0..8 * d).map(|i| ((i as f32) * 0.37).cos()).collect();
+        let f = Tensor::<B, 2>::from_data(TensorData::new(keys.clone(), [8, d]), &dev);
+        let ys: Vec<u32> = pema_backbone::seam::argmax_rows(head.forward(f));
+        let mem = InMemory {
+            keys,
+            values: ys,
+            d,
+            tag: "dev".into(),
+        };
+        let r = tune_lambda(&ad, &head, &mem, &[0.0, 0.5, 0.9], 100).expect("tune");
+        assert_eq!(r.best.lambda, 0.0);
+        assert_eq!(r.plm_top1, 1.0);
+        assert!(r.grid[0].nll < r.grid[1].nll && r.grid[1].nll < r.grid[2].nll);
+        assert!(tune_lambda(&ad, &head, &mem, &[1.5], 100).is_err());
+    }
+}
