@@ -6,7 +6,6 @@
 //! `/usr/share/fonts`), so no system font libraries are linked. Without a font the chart is
 //! still drawn, without any text (no title, tick labels or legend), and a warning says so.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -17,7 +17,6 @@
 //! in two splits. An existing `split.json` whose hashes verify is reused; a changed Ding file is
 //! an error, never a silent resplit.
 
-
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;

@@ -58,9 +58,11 @@ pub struct TrainArgs {
     /// loss exceeds both previous ones; the best weights are kept).
     #[arg(long, default_value_t = 100)]
     pub validate_every: u64,
-    /// Batch size for dev evaluation.
-    #[arg(long, default_value_t = 2_048)]
-    pub dev_batch: usize,
+    /// Batch size for dev evaluation (does not change any result, only peak memory). Default:
+    /// 2,048 capped so that one batch of logits holds at most 2²⁶ values (256 rows for Gemma's
+    /// 262,144-token vocabulary: 2,048 rows would be 2 GiB of logits, more than the training).
+    #[arg(long)]
+    pub dev_batch: Option<usize>,
     /// Seed of initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -127,7 +129,7 @@ impl TrainArgs {
             lr: self.lr,
             epsilon: self.adam_eps,
             validate_every: self.validate_every,
-            dev_batch_size: self.dev_batch,
+            dev_batch_size: self.dev_batch.unwrap_or(2_048),
             seed: self.seed,
             progress: !self.no_progress,
             resume: !self.no_resume,
@@ -180,7 +182,14 @@ pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::
         &head,
         &train_mem,
         &dev_mem,
-        &args.config(),
+        &TrainConfig {
+            dev_batch_size: args.dev_batch.unwrap_or_else(|| {
+                (1usize << 26)
+                    .div_euclid(head.vocab_size().max(1))
+                    .clamp(1, 2_048)
+            }),
+            ..args.config()
+        },
         &args.out,
         device,
     )?;
