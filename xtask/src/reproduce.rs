@@ -561,6 +561,26 @@ fn length_ratio(model: &Path, pairs: &Path) -> Result<f64> {
     Ok(t as f64 / s as f64)
 }
 
+/// `pema decode` arguments of a PEMA row: adapter, λmax, schedule (`gu`/`constant`) and length
+/// mode (`ratio`/`oracle`).
+fn pema_args<'a>(
+    adapter: &'a str,
+    lambda_max: &'a str,
+    schedule: &'a str,
+    length: &'a str,
+) -> [&'a str; 8] {
+    [
+        "--adapter",
+        adapter,
+        "--lambda-max",
+        lambda_max,
+        "--schedule",
+        schedule,
+        "--length",
+        length,
+    ]
+}
+
 fn kappa_name(k: f64) -> String {
     format!("pema-kappa-{k}")
 }
@@ -668,17 +688,10 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
         "pema-gu",
         few,
         &[
-            "--adapter",
-            &main,
-            "--lambda-max",
-            lm,
-            "--schedule",
-            "gu",
-            "--length",
-            "ratio",
-            "--trace",
-            &task.p("hyp/pema-gu.trace.jsonl"),
-        ],
+            &pema_args(&main, lm, "gu", "ratio")[..],
+            &["--trace", &task.p("hyp/pema-gu.trace.jsonl")],
+        ]
+        .concat(),
     )?;
     add(
         "pema-gu",
@@ -690,16 +703,7 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
         task,
         "pema-constant",
         few,
-        &[
-            "--adapter",
-            &main,
-            "--lambda-max",
-            lm,
-            "--schedule",
-            "constant",
-            "--length",
-            "ratio",
-        ],
+        &pema_args(&main, lm, "constant", "ratio"),
     )?;
     add("pema-constant", "PEMA, constant λ = λmax", "pema", None);
     // λmax chosen on the dev memory (the paper fixes 0.9; leak-free, no decoding).
@@ -729,16 +733,7 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
         task,
         "pema-gu-tuned",
         few,
-        &[
-            "--adapter",
-            &main,
-            "--lambda-max",
-            &tl,
-            "--schedule",
-            "gu",
-            "--length",
-            "ratio",
-        ],
+        &pema_args(&main, &tl, "gu", "ratio"),
     )?;
     add(
         "pema-gu-tuned",
@@ -751,16 +746,7 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
             task,
             "pema-gu-oracle",
             few,
-            &[
-                "--adapter",
-                &main,
-                "--lambda-max",
-                lm,
-                "--schedule",
-                "gu",
-                "--length",
-                "oracle",
-            ],
+            &pema_args(&main, lm, "gu", "oracle"),
         )?;
         add(
             "pema-gu-oracle",
@@ -805,40 +791,12 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
         for (name, label, extra) in &ablations {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let dir = run.train(task, name, &extra, ratio)?;
-            run.decode(
-                task,
-                name,
-                few,
-                &[
-                    "--adapter",
-                    &dir,
-                    "--lambda-max",
-                    lm,
-                    "--schedule",
-                    "gu",
-                    "--length",
-                    "ratio",
-                ],
-            )?;
+            run.decode(task, name, few, &pema_args(&dir, lm, "gu", "ratio"))?;
             add(name, label, "ablation", train_summary(&dir));
         }
         if prof.free_running_row {
             let dir = run.train_on(task, "pema-free", "-free", &[], ratio)?;
-            run.decode(
-                task,
-                "pema-free",
-                few,
-                &[
-                    "--adapter",
-                    &dir,
-                    "--lambda-max",
-                    lm,
-                    "--schedule",
-                    "gu",
-                    "--length",
-                    "ratio",
-                ],
-            )?;
+            run.decode(task, "pema-free", few, &pema_args(&dir, lm, "gu", "ratio"))?;
             add(
                 "pema-free",
                 "PEMA on a free-running memory (the paper's construction)",
@@ -859,16 +817,7 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
                     task,
                     &name,
                     few,
-                    &[
-                        "--adapter",
-                        &main,
-                        "--lambda-max",
-                        &ls,
-                        "--schedule",
-                        sched,
-                        "--length",
-                        "ratio",
-                    ],
+                    &pema_args(&main, &ls, sched, "ratio"),
                     "data/sweep.jsonl",
                 )?;
                 sweep.push((sched, l, name));

@@ -238,6 +238,12 @@ impl<B: Backend> StepPolicy<B> for KnnLmPolicy<'_, B> {
     }
 }
 
+/// At most `max` entry ids spread evenly over `0..n` (all of them when `n ≤ max`).
+pub(crate) fn evenly_spaced(n: usize, max: usize) -> Vec<u64> {
+    let take = n.min(max.max(1));
+    (0..take).map(|i| (i * n / take) as u64).collect()
+}
+
 /// One point of the dev grid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KnnGridPoint {
@@ -282,9 +288,8 @@ pub fn tune_knn_lm<B: Backend>(
             "kNN-LM tuning needs non-empty grids, k ≥ 1 and a non-empty dev memory".into(),
         ));
     }
-    let n = dev.len();
-    let take = n.min(max_dev.max(1));
-    let ids: Vec<u64> = (0..take).map(|i| (i * n / take) as u64).collect();
+    let ids = evenly_spaced(dev.len(), max_dev);
+    let take = ids.len();
     let d = dev.hidden_size();
     let device = head.weight.device();
     let mut lm = Vec::with_capacity(take);

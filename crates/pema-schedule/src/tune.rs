@@ -12,7 +12,7 @@ use pema_memory::MemorySource;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScheduleError};
-use crate::knn_lm::mix_pair;
+use crate::knn_lm::{evenly_spaced, mix_pair};
 
 /// NLL of the dev values at one λ.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -58,9 +58,8 @@ pub fn tune_lambda<B: Backend>(
             "λ tuning needs λ values in [0, 1] and a non-empty dev memory".into(),
         ));
     }
-    let n = dev.len();
-    let take = n.min(max_dev.max(1));
-    let ids: Vec<u64> = (0..take).map(|i| (i * n / take) as u64).collect();
+    let ids = evenly_spaced(dev.len(), max_dev);
+    let take = ids.len();
     let d = dev.hidden_size();
     let device = head.weight.device();
     let (mut lm, mut pe) = (Vec::with_capacity(take), Vec::with_capacity(take));
