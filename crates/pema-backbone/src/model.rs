@@ -2,18 +2,18 @@
 //!
 //! The module tree is named like the GGUF weight keys (`token_embd`, `blk.N.attn_q`, …,
 //! `output_norm`, `output`), so the loader's remap table ([`crate::loader`]) stays one table.
-//! The KV cache is passed explicitly into [`Transformer::forward`].
+//! The KV cache is passed explicitly into [`Transformer::forward`] (left-padded batches) or
+//! [`Transformer::forward_ragged`] (ragged batches, one cache per sequence, any
+//! [`Kernels`]).
 
 use burn::tensor::{Int, Tensor, TensorData, activation, backend::Backend};
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, SeqKv};
 use crate::config::{Family, ModelConfig};
 use crate::error::{BackboneError, Result};
 use crate::head::LmHead;
+use crate::kernels::{AttnSpec, Kernels, Proj, Ragged, Reference};
 use crate::nn::{Linear, RmsNorm, Rope, gelu_tanh};
-
-/// Masked-out attention logit (finite, so a fully padded row never produces NaN).
-const MASKED: f32 = -1.0e30;
 
 /// Self-attention of one block (grouped-query, RoPE, optional q/k norms).
 #[derive(Debug, Clone)]
@@ -73,12 +73,10 @@ pub struct Transformer<B: Backend> {
     pub head: LmHead<B>,
 }
 
-/// Per-forward inputs shared by every layer: RoPE tables and attention masks.
+/// Per-forward inputs shared by every layer: RoPE tables of the new positions.
 struct StepContext<B: Backend> {
-    rope_global: (Tensor<B, 4>, Tensor<B, 4>),
-    rope_local: (Tensor<B, 4>, Tensor<B, 4>),
-    mask_global: Tensor<B, 4>,
-    mask_local: Tensor<B, 4>,
+    rope_global: (Tensor<B, 3>, Tensor<B, 3>),
+    rope_local: Option<(Tensor<B, 3>, Tensor<B, 3>)>,
     global: Rope,
     local: Rope,
 }
@@ -94,9 +92,15 @@ impl<B: Backend> Transformer<B> {
         KvCache::new(self.config.n_layers, pad)
     }
 
+    /// A fresh cache for one sequence (ragged batches, [`Transformer::forward_ragged`]).
+    pub fn new_seq_cache(&self) -> SeqKv<B> {
+        SeqKv::new(self.config.n_layers)
+    }
+
     /// Runs `tokens` (`[b][t]`, equal lengths, left-padded as `cache.pad` says) through the
-    /// model, appending to `cache`. Returns the residual stream after the last block and
-    /// **before** the final norm, `[b, t, d]`: the context representations f(c) of PEMA.
+    /// model with the reference kernels, appending to `cache`. Returns the residual stream after
+    /// the last block and **before** the final norm, `[b, t, d]`: the context representations
+    /// f(c) of PEMA. Padding slots are neither computed nor cached; their rows are zero.
     pub fn forward(&self, tokens: &[Vec<u32>], cache: &mut KvCache<B>) -> Result<Tensor<B, 3>> {
         let b = tokens.len();
         let t = tokens.first().map_or(0, Vec::len);
@@ -111,38 +115,115 @@ impl<B: Backend> Transformer<B> {
                 cache.batch_size()
             )));
         }
-        let cfg = &self.config;
-        let vocab = cfg.vocab_size as u32;
-        if let Some(bad) = tokens.iter().flatten().find(|&&id| id >= vocab) {
-            return Err(BackboneError::Invalid(format!(
+        self.check_ids(tokens.iter().flatten())?;
+        let start = cache.len;
+        // Real (non-padding) tokens of each row: slots ≥ pad.
+        let skip: Vec<usize> = cache
+            .pad
+            .iter()
+            .map(|&p| p.saturating_sub(start).min(t))
+            .collect();
+        let rows: Vec<usize> = (0..b).filter(|&i| skip[i] < t).collect();
+        let feed: Vec<&[u32]> = rows.iter().map(|&i| &tokens[i][skip[i]..]).collect();
+        let d = self.config.hidden_size;
+        let device = self.device();
+        let h = if rows.is_empty() {
+            None
+        } else {
+            let mut seqs: Vec<&mut SeqKv<B>> = cache
+                .seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| skip[*i] < t)
+                .map(|(_, s)| s)
+                .collect();
+            Some(self.forward_ragged(&Reference, &feed, &mut seqs)?)
+        };
+        cache.len += t;
+        let mut out = Vec::with_capacity(b);
+        let mut off = 0;
+        for &s in &skip {
+            let real = t - s;
+            let mut parts = Vec::new();
+            if s > 0 {
+                parts.push(Tensor::<B, 2>::zeros([s, d], &device));
+            }
+            if let (Some(h), true) = (&h, real > 0) {
+                parts.push(h.clone().narrow(0, off, real));
+                off += real;
+            }
+            out.push(Tensor::cat(parts, 0));
+        }
+        Ok(Tensor::stack(out, 0))
+    }
+
+    fn check_ids<'a>(&self, ids: impl IntoIterator<Item = &'a u32>) -> Result<()> {
+        let vocab = self.config.vocab_size as u32;
+        match ids.into_iter().find(|&&id| id >= vocab) {
+            Some(bad) => Err(BackboneError::Invalid(format!(
                 "token id {bad} out of range (vocab {vocab})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a ragged batch: sequence `i` feeds `tokens[i]` after the `seqs[i].len` positions
+    /// it has cached (sequences of any lengths, no padding), through `kernels`. Returns the
+    /// pre-final-norm hidden states of every new position, `[Σ len(tokens[i]), d]`, sequence
+    /// after sequence, and advances every cache.
+    pub fn forward_ragged(
+        &self,
+        kernels: &dyn Kernels<B>,
+        tokens: &[&[u32]],
+        seqs: &mut [&mut SeqKv<B>],
+    ) -> Result<Tensor<B, 2>> {
+        let cfg = &self.config;
+        if tokens.is_empty() || tokens.iter().any(|t| t.is_empty()) || seqs.len() != tokens.len() {
+            return Err(BackboneError::Invalid(format!(
+                "a ragged forward needs one cache per sequence and no empty sequence ({} sequences, {} caches)",
+                tokens.len(),
+                seqs.len()
             )));
         }
+        if seqs.iter().any(|s| s.layers.len() != cfg.n_layers) {
+            return Err(BackboneError::Invalid(format!(
+                "cache built for another model (the model has {} layers)",
+                cfg.n_layers
+            )));
+        }
+        self.check_ids(tokens.iter().flat_map(|t| t.iter()))?;
         let device = self.device();
         let d = cfg.hidden_size;
-        let ids: Vec<i64> = tokens.iter().flatten().map(|&i| i as i64).collect();
-        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [b * t]), &device);
+        let n: usize = tokens.iter().map(|t| t.len()).sum();
+        let ids: Vec<i64> = tokens
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|&i| i as i64)
+            .collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &device);
         let mut x = self.token_embd.clone().select(0, ids);
         if cfg.embed_scale != 1.0 {
             x = x.mul_scalar(cfg.embed_scale as f32);
         }
-        let mut x = x.reshape([b, t, d]);
-        let ctx = self.step_context(t, cache, &device);
+        let positions: Vec<usize> = seqs
+            .iter()
+            .zip(tokens)
+            .flat_map(|(s, t)| s.len..s.len + t.len())
+            .collect();
+        let new: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
+        let ctx = self.step_context(&positions, &device);
         for (il, block) in self.blk.iter().enumerate() {
-            x = self.block_forward(il, block, x, cache, &ctx);
+            x = self.block_forward(il, block, x, kernels, seqs, &new, &ctx);
         }
-        cache.len += t;
+        for (s, t) in seqs.iter_mut().zip(tokens) {
+            s.len += t.len();
+        }
+        debug_assert_eq!(x.dims(), [n, d]);
         Ok(x)
     }
 
-    fn step_context(&self, t: usize, cache: &KvCache<B>, device: &B::Device) -> StepContext<B> {
+    fn step_context(&self, positions: &[usize], device: &B::Device) -> StepContext<B> {
         let cfg = &self.config;
-        let start = cache.len;
-        let positions: Vec<Vec<usize>> = cache
-            .pad
-            .iter()
-            .map(|&p| (0..t).map(|j| (start + j).saturating_sub(p)).collect())
-            .collect();
         let global = Rope {
             theta: cfg.rope_theta,
             scale: cfg.rope_scale,
@@ -153,46 +234,45 @@ impl<B: Backend> Transformer<B> {
             scale: 1.0,
             layout: cfg.rope_layout,
         };
-        let g = cfg.n_heads / cfg.n_kv_heads;
+        let has_local = (0..cfg.n_layers).any(|il| cfg.is_local_layer(il));
         StepContext {
-            rope_global: global.tables(&positions, cfg.head_dim, device),
-            rope_local: local.tables(&positions, cfg.head_dim, device),
-            mask_global: attention_mask(&cache.pad, start, t, g, None, device),
-            mask_local: attention_mask(&cache.pad, start, t, g, cfg.sliding_window, device),
+            rope_global: global.tables_flat(positions, cfg.head_dim, device),
+            rope_local: has_local.then(|| local.tables_flat(positions, cfg.head_dim, device)),
             global,
             local,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn block_forward(
         &self,
         il: usize,
         block: &Block<B>,
-        x: Tensor<B, 3>,
-        cache: &mut KvCache<B>,
+        x: Tensor<B, 2>,
+        kernels: &dyn Kernels<B>,
+        seqs: &mut [&mut SeqKv<B>],
+        new: &[usize],
         ctx: &StepContext<B>,
-    ) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
+    ) -> Tensor<B, 2> {
         let h = block.attn_norm.forward(x.clone());
-        let mut h = self.attention(il, &block.attn, h.reshape([b * t, d]), b, t, cache, ctx);
+        let mut h = self.attention(il, &block.attn, h, kernels, seqs, new, ctx);
         if let Some(n) = &block.post_attention_norm {
             h = n.forward(h);
         }
-        let x = x + h.reshape([b, t, d]);
-        let h = block.ffn_norm.forward(x.clone()).reshape([b * t, d]);
-        let gate = block.mlp.ffn_gate.forward(h.clone());
+        let x = x + h;
+        let h = block.ffn_norm.forward(x.clone());
+        let mlp = &block.mlp;
+        let gate = kernels.linear(il, Proj::Gate, &mlp.ffn_gate, h.clone());
         let gate = match self.config.family {
             Family::Llama => activation::silu(gate),
             Family::Gemma3 => gelu_tanh(gate),
         };
-        let mut h = block
-            .mlp
-            .ffn_down
-            .forward(gate * block.mlp.ffn_up.forward(h));
+        let up = kernels.linear(il, Proj::Up, &mlp.ffn_up, h);
+        let mut h = kernels.linear(il, Proj::Down, &mlp.ffn_down, gate * up);
         if let Some(n) = &block.post_ffw_norm {
             h = n.forward(h);
         }
-        x + h.reshape([b, t, d])
+        x + h
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -201,86 +281,49 @@ impl<B: Backend> Transformer<B> {
         il: usize,
         a: &Attention<B>,
         h: Tensor<B, 2>,
-        b: usize,
-        t: usize,
-        cache: &mut KvCache<B>,
+        kernels: &dyn Kernels<B>,
+        seqs: &mut [&mut SeqKv<B>],
+        new: &[usize],
         ctx: &StepContext<B>,
     ) -> Tensor<B, 2> {
         let cfg = &self.config;
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let mut q = a
-            .attn_q
-            .forward(h.clone())
-            .reshape([b, t, nh, hd])
-            .swap_dims(1, 2);
-        let mut k = a
-            .attn_k
-            .forward(h.clone())
-            .reshape([b, t, nkv, hd])
-            .swap_dims(1, 2);
-        let v = a.attn_v.forward(h).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        if let Some(n) = &a.attn_q_norm {
-            q = n.forward(q);
+        let n = h.dims()[0];
+        let mut q = kernels
+            .linear(il, Proj::Q, &a.attn_q, h.clone())
+            .reshape([n, nh, hd]);
+        let mut k = kernels
+            .linear(il, Proj::K, &a.attn_k, h.clone())
+            .reshape([n, nkv, hd]);
+        let v = kernels
+            .linear(il, Proj::V, &a.attn_v, h)
+            .reshape([n, nkv, hd]);
+        if let Some(nq) = &a.attn_q_norm {
+            q = nq.forward(q);
         }
-        if let Some(n) = &a.attn_k_norm {
-            k = n.forward(k);
+        if let Some(nk) = &a.attn_k_norm {
+            k = nk.forward(k);
         }
         let local = cfg.is_local_layer(il);
-        let (rope, (cos, sin), mask) = if local {
-            (&ctx.local, &ctx.rope_local, &ctx.mask_local)
-        } else {
-            (&ctx.global, &ctx.rope_global, &ctx.mask_global)
+        let (rope, (cos, sin)) = match (&ctx.rope_local, local) {
+            (Some(tables), true) => (&ctx.local, tables),
+            _ => (&ctx.global, &ctx.rope_global),
         };
-        let q = rope.apply(q, cos, sin);
-        let k = rope.apply(k, cos, sin);
-        let (k, v) = cache.append(il, k, v);
-        let g = nh / nkv;
-        // Query heads sharing a KV head are stacked as rows: no copy of K or V per group.
-        let q = q.reshape([b, nkv, g * t, hd]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(cfg.attn_scale as f32)
-            + mask.clone();
-        let probs = activation::softmax(scores, 3);
-        let o = probs
-            .matmul(v)
-            .reshape([b, nh, t, hd])
-            .swap_dims(1, 2)
-            .reshape([b * t, nh * hd]);
-        a.attn_output.forward(o)
+        let q = rope.apply_flat(q, cos, sin);
+        let k = rope.apply_flat(k, cos, sin);
+        let spec = AttnSpec {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            scale: cfg.attn_scale,
+            window: if local { cfg.sliding_window } else { None },
+        };
+        let o = kernels.attention(il, q, k, v, Ragged { seqs, new }, &spec);
+        kernels.linear(il, Proj::O, &a.attn_output, o)
     }
 
     /// Logits of the PLM for context representations `h: [n, d]` (final norm + head).
     pub fn logits(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         self.head.forward(h)
     }
-}
-
-/// Additive attention mask `[b, 1, g·t, start + t]` for queries at slots `start..start+t`.
-///
-/// A key is visible when it is not in the future, not left padding (a padding query sees
-/// itself, so no row is fully masked), and, for local layers, within the sliding window.
-fn attention_mask<B: Backend>(
-    pad: &[usize],
-    start: usize,
-    t: usize,
-    g: usize,
-    window: Option<usize>,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let b = pad.len();
-    let s = start + t;
-    let mut m = Vec::with_capacity(b * g * t * s);
-    for &p in pad {
-        for _ in 0..g {
-            for j in 0..t {
-                let q = start + j;
-                for k in 0..s {
-                    let visible = k <= q && (k >= p || k == q) && window.is_none_or(|w| q - k < w);
-                    m.push(if visible { 0.0 } else { MASKED });
-                }
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(m, [b, 1, g * t, s]), device)
 }

@@ -89,6 +89,63 @@ impl Rope {
         )
     }
 
+    /// cos and sin tables `[n, 1, head_dim/2]` for the positions of a ragged batch's rows.
+    pub fn tables_flat<B: Backend>(
+        &self,
+        positions: &[usize],
+        head_dim: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let n = positions.len();
+        let half = head_dim / 2;
+        let inv: Vec<f64> = (0..half)
+            .map(|i| self.theta.powf(-(2.0 * i as f64) / head_dim as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for &p in positions {
+            let p = p as f64 / self.scale;
+            for &f in &inv {
+                let a = p * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(cos, [n, 1, half]), device),
+            Tensor::from_data(TensorData::new(sin, [n, 1, half]), device),
+        )
+    }
+
+    /// Rotates `x: [n, heads, head_dim]` with tables from [`Rope::tables_flat`].
+    pub fn apply_flat<B: Backend>(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [n, h, hd] = x.dims();
+        let half = hd / 2;
+        let (c, s) = (cos.clone(), sin.clone());
+        match self.layout {
+            RopeLayout::Half => {
+                let x1 = x.clone().narrow(2, 0, half);
+                let x2 = x.narrow(2, half, half);
+                let o1 = x1.clone() * c.clone() - x2.clone() * s.clone();
+                let o2 = x2 * c + x1 * s;
+                Tensor::cat(vec![o1, o2], 2)
+            }
+            RopeLayout::Interleaved => {
+                let x = x.reshape([n, h, half, 2]);
+                let e = x.clone().narrow(3, 0, 1).reshape([n, h, half]);
+                let o = x.narrow(3, 1, 1).reshape([n, h, half]);
+                let oe = e.clone() * c.clone() - o.clone() * s.clone();
+                let oo = e * s + o * c;
+                Tensor::stack::<4>(vec![oe, oo], 3).reshape([n, h, hd])
+            }
+        }
+    }
+
     /// Rotates `x: [b, h, t, head_dim]` with tables from [`Rope::tables`].
     pub fn apply<B: Backend>(
         &self,

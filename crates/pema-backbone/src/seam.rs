@@ -12,22 +12,34 @@ use burn::tensor::{Tensor, backend::Backend};
 #[derive(Debug, Clone)]
 pub struct ContextRepr<B: Backend>(pub Tensor<B, 2>);
 
-/// Everything the PLM returns for one decoding step of a batch.
+/// Everything the PLM returns for one decoding step of the running batch.
+///
+/// With continuous batching the rows are the sequences generating at this step, in any order:
+/// a sequence that stopped is no longer a row, and one admitted late starts at step 0 while
+/// others are further on. Row `r` is sequence `seqs[r]` (its index in the prompts given to
+/// [`Plm::generate`]) at its own step `steps[r]`.
 #[derive(Debug, Clone)]
 pub struct StepOutput<B: Backend> {
-    /// Step index within the generated continuation (0 = first generated token).
-    pub step: usize,
-    /// f(c) for each sequence, `[batch, d]`.
+    /// For each row, the index of its sequence among the prompts of the `generate` call.
+    pub seqs: Vec<usize>,
+    /// For each row, its step within its continuation (0 = its first generated token).
+    pub steps: Vec<usize>,
+    /// f(c) for each row, `[rows, d]`.
     pub context: ContextRepr<B>,
-    /// PLM logits for the next token, `[batch, vocab]`.
+    /// PLM logits for the next token, `[rows, vocab]`.
     pub logits: Tensor<B, 2>,
-    /// Which sequences are still generating (false once a sequence has stopped).
-    pub active: Vec<bool>,
 }
 
-/// Chooses the next token of every sequence from a [`StepOutput`].
+impl<B: Backend> StepOutput<B> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.seqs.len()
+    }
+}
+
+/// Chooses the next token of every row of a [`StepOutput`].
 pub trait StepPolicy<B: Backend> {
-    /// Returns one token id per sequence (ids for inactive sequences are ignored).
+    /// Returns one token id per row.
     fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32>;
 }
 
@@ -89,8 +101,8 @@ pub trait Plm<B: Backend> {
     fn vocab_size(&self) -> usize;
     /// The device the model runs on.
     fn device(&self) -> B::Device;
-    /// Batched generation from token-id prompts (left-padded internally). At every step the
-    /// `policy` sees f(c) and the logits of every sequence and picks the next tokens.
+    /// Batched generation from token-id prompts. At every step the `policy` sees f(c) and the
+    /// logits of every sequence still generating and picks their next tokens.
     /// Returns the generated ids of each sequence (a stop token, when hit, is the last one).
     fn generate(
         &self,

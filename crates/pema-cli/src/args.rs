@@ -16,3 +16,12 @@ pub struct TaskInput {
     #[arg(long, default_value = "mt")]
     pub template: String,
 }
+
+/// How the PLM is served: shared prefix and kernels (`decode`, `memory build`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Recompute the template's fixed beginning for every prompt instead of running it once
+    /// and sharing its keys/values (same outputs; for measurements).
+    #[arg(long)]
+    pub no_shared_prefix: bool,
+}

@@ -94,3 +94,36 @@ unsafe fn libloading_probe(name: &str) -> bool {
 fn run_cuda<T: BackendTask>(_task: T) -> Result<T::Output> {
     anyhow::bail!("this pema binary was built without CUDA support: rebuild with `--features cuda`")
 }
+
+/// An engine over `model` for `device`: CPU kernels on the CPU, the reference elsewhere; at
+/// most `max_batch` sequences at once; the template's prefix shared unless disabled.
+pub fn engine<'m, B: burn::tensor::backend::Backend>(
+    model: &'m pema_backbone::Transformer<B>,
+    tok: &pema_backbone::PemaTokenizer,
+    template: &pema_memory::PromptTemplate,
+    device: DeviceArg,
+    serve: &crate::args::ServeArgs,
+    max_batch: usize,
+) -> anyhow::Result<pema_backbone::Engine<'m, B>> {
+    let mut e = pema_backbone::Engine::new(model).with_max_batch(max_batch);
+    if device == DeviceArg::Cpu {
+        e = e.with_kernels(Box::new(pema_backbone::CpuKernels::new()));
+    }
+    if !serve.no_shared_prefix {
+        e.set_prefix(&template_prefix(tok, template)?)?;
+    }
+    Ok(e)
+}
+
+/// The template's fixed beginning (everything before `{source}`) as prompt tokens.
+pub fn template_prefix(
+    tok: &pema_backbone::PemaTokenizer,
+    template: &pema_memory::PromptTemplate,
+) -> anyhow::Result<Vec<u32>> {
+    let head = template
+        .text
+        .split(pema_memory::template::SOURCE_PLACEHOLDER)
+        .next()
+        .unwrap_or("");
+    Ok(tok.encode_prompt(head)?)
+}

@@ -31,9 +31,13 @@ pub struct DecodeArgs {
     /// Decode only the first N pairs.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Sequences decoded together.
+    /// Most sequences decoded together (continuous batching: a finished sequence's place is
+    /// taken by the next prompt at once).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Serving options (shared prefix).
+    #[command(flatten)]
+    pub serve: crate::args::ServeArgs,
     /// PEMA adapter directory; without it the PLM decodes alone.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -163,40 +167,50 @@ pub fn run<B: Backend>(
     let mut traces = Vec::new();
     let start = Instant::now();
     let mut tokens = 0;
-    for (bi, chunk) in prompts.chunks(args.batch_size).enumerate() {
-        let lo = bi * args.batch_size;
-        let opts = GenerateOptions {
-            max_new_tokens: plan.max_new_tokens[lo..lo + chunk.len()].to_vec(),
-            stop_tokens: stop.clone(),
-        };
-        let out = match &adapter {
+    // Continuous batching over the whole file: at most --batch-size sequences at once.
+    let engine = crate::backend::engine(
+        &m.model,
+        tok,
+        &template,
+        args.device,
+        &args.serve,
+        args.batch_size,
+    )?;
+    let opts = GenerateOptions {
+        max_new_tokens: plan.max_new_tokens.clone(),
+        stop_tokens: stop,
+    };
+    let out = if prompts.is_empty() {
+        Vec::new()
+    } else {
+        match &adapter {
             None if knn.is_some() => {
                 let (Some((index, params)), Some(keys)) = (&knn, &knn_keys) else {
                     bail!("kNN-LM datastore missing");
                 };
                 let mut policy = KnnLmPolicy::new(index, keys, *params)?;
-                m.model.generate(chunk, &opts, &mut policy)?
+                engine.generate(&prompts, &opts, &mut policy)?
             }
-            None => m.model.generate(chunk, &opts, &mut Greedy)?,
+            None => engine.generate(&prompts, &opts, &mut Greedy)?,
             Some((a, _)) => {
-                let horizons = plan.horizons[lo..lo + chunk.len()].to_vec();
-                let mut policy = PemaPolicy::new(a, &m.model.head, schedule, horizons)?;
+                let mut policy =
+                    PemaPolicy::new(a, &m.model.head, schedule, plan.horizons.clone())?;
                 if args.trace.is_some() {
-                    policy = policy.with_traces(lo);
+                    policy = policy.with_traces(0);
                 }
-                let out = m.model.generate(chunk, &opts, &mut policy)?;
+                let out = engine.generate(&prompts, &opts, &mut policy)?;
                 traces.extend(policy.take_traces());
                 out
             }
-        };
-        for ids in out {
-            tokens += ids.len();
-            let text = tok.decode(&ids)?;
-            // One hypothesis per line: cut at the first newline (the paper's stopping rule).
-            hyps.push(text.split('\n').next().unwrap_or("").trim().to_string());
         }
-        eprint!("\rdecoded {}/{n}", hyps.len());
+    };
+    for ids in out {
+        tokens += ids.len();
+        let text = tok.decode(&ids)?;
+        // One hypothesis per line: cut at the first newline (the paper's stopping rule).
+        hyps.push(text.split('\n').next().unwrap_or("").trim().to_string());
     }
+    eprint!("decoded {}/{n} ({})", hyps.len(), engine.kernels_name());
     eprintln!();
     let seconds = start.elapsed().as_secs_f64();
     let mut f = std::fs::File::create(&args.out)
@@ -212,6 +226,8 @@ pub fn run<B: Backend>(
         }
     }
     if let Some(path) = &args.trace {
+        // Rows of a step come in batch order; write sequence after sequence.
+        traces.sort_by_key(|t| (t.seq, t.step));
         pema_schedule::write_traces_jsonl(path, &traces)?;
     }
     Ok(DecodeSummary {

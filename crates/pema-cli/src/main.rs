@@ -225,7 +225,16 @@ impl BackendTask for MemoryBuild<'_> {
             hidden_size: m.model.config.hidden_size,
             state: pema_memory::KeyState::pre_final_norm(m.model.config.n_layers - 1),
         };
-        memory_cmd::build::<B::InnerBackend, _, _>(self.0, &m.model, &m.tokenizer, &info)?;
+        let template = pema_memory::PromptTemplate::resolve(&self.0.input.template)?;
+        let engine = backend::engine(
+            &m.model,
+            &m.tokenizer,
+            &template,
+            DeviceArg::Cpu,
+            &self.0.serve,
+            self.0.batch_size,
+        )?;
+        memory_cmd::build::<B::InnerBackend, _, _>(self.0, &engine, &m.tokenizer, &info)?;
         Ok(())
     }
 }

@@ -46,9 +46,12 @@ pub struct BuildArgs {
     /// Key storage type.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
-    /// Sequences per PLM batch.
+    /// Most sequences the PLM runs at once (continuous batching within each shard).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Serving options (shared prefix).
+    #[command(flatten)]
+    pub serve: crate::args::ServeArgs,
     /// Pairs per shard (the commit unit: at most this much work is lost in a crash).
     #[arg(long, default_value_t = 256)]
     pub pairs_per_shard: u64,

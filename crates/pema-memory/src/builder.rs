@@ -76,7 +76,8 @@ pub struct BuildConfig {
     pub dtype: KeyDtype,
     /// Prompt template.
     pub template: PromptTemplate,
-    /// PLM batch size (sequences per generate call).
+    /// Most sequences the PLM runs at once (recorded; the CLI gives it to the engine, which
+    /// batches continuously). The builder hands the PLM one shard per call.
     pub batch_size: usize,
     /// Pairs per shard (commit unit). On resume the recorded value is used.
     pub pairs_per_shard: u64,
@@ -129,10 +130,10 @@ struct RecordGreedy {
 impl<B: Backend> StepPolicy<B> for RecordGreedy {
     fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
         let [b, d] = out.context.0.dims();
-        if d != self.d || b != self.keys.len() {
+        if d != self.d || b != out.seqs.len() || b != out.steps.len() {
             self.error.get_or_insert(format!(
-                "context is [{b}, {d}], expected [{}, {}]",
-                self.keys.len(),
+                "context is [{b}, {d}] for {} rows, expected d = {}",
+                out.seqs.len(),
                 self.d
             ));
         } else {
@@ -145,17 +146,19 @@ impl<B: Backend> StepPolicy<B> for RecordGreedy {
                 .into_vec::<f32>()
             {
                 Ok(v) => {
-                    for (i, keys) in self.keys.iter_mut().enumerate() {
-                        if out.active.get(i).copied().unwrap_or(false) {
-                            if keys.len() != out.step * d {
-                                self.error.get_or_insert(format!(
-                                    "sequence {i}: step {} after {} recorded steps",
-                                    out.step,
-                                    keys.len() / d
-                                ));
-                            }
-                            keys.extend_from_slice(&v[i * d..(i + 1) * d]);
+                    for (r, (&i, &step)) in out.seqs.iter().zip(&out.steps).enumerate() {
+                        let Some(keys) = self.keys.get_mut(i) else {
+                            self.error
+                                .get_or_insert(format!("row {r} is unknown sequence {i}"));
+                            continue;
+                        };
+                        if keys.len() != step * d {
+                            self.error.get_or_insert(format!(
+                                "sequence {i}: step {step} after {} recorded steps",
+                                keys.len() / d
+                            ));
                         }
+                        keys.extend_from_slice(&v[r * d..(r + 1) * d]);
                     }
                 }
                 Err(e) => {
@@ -326,7 +329,6 @@ where
     };
     let mut writer = MemoryWriter::open_or_create(out, meta)?;
     let per_shard = writer.manifest().meta.pairs_per_shard;
-    let batch_size = writer.manifest().meta.batch_size;
     let skipped = writer.committed_pairs();
     if !skipped.is_multiple_of(per_shard) && skipped != n as u64 {
         return Err(MemoryError::ResumeMismatch {
@@ -346,7 +348,8 @@ where
         let mut shard = ShardData::new(shard_start, shard_end);
         let mut b0 = shard_start as usize;
         while b0 < shard_end as usize {
-            let b1 = (b0 + batch_size).min(shard_end as usize);
+            // One call per shard: the PLM batches continuously within it.
+            let b1 = shard_end as usize;
             let batch = &pairs.pairs[b0..b1];
             let prompts = batch
                 .iter()

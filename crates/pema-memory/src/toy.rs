@@ -129,40 +129,39 @@ impl<B: Backend> Plm<B> for ToyPlm<B> {
             if !active.iter().any(|&a| a) {
                 break;
             }
-            let mut ctx = vec![0f32; b * self.d];
-            let mut logits = vec![0f32; b * self.vocab];
-            for i in 0..b {
-                if active[i] {
-                    ctx[i * self.d..(i + 1) * self.d].copy_from_slice(&self.context_of(&hist[i]));
-                    logits[i * self.vocab + self.next_of(&hist[i]) as usize] = 1.0;
-                }
+            // Only the sequences still generating are rows (the seam's contract).
+            let rows: Vec<usize> = (0..b).filter(|&i| active[i]).collect();
+            let r = rows.len();
+            let mut ctx = vec![0f32; r * self.d];
+            let mut logits = vec![0f32; r * self.vocab];
+            for (j, &i) in rows.iter().enumerate() {
+                ctx[j * self.d..(j + 1) * self.d].copy_from_slice(&self.context_of(&hist[i]));
+                logits[j * self.vocab + self.next_of(&hist[i]) as usize] = 1.0;
             }
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
             }
             let so = StepOutput {
-                step,
+                seqs: rows.clone(),
+                steps: vec![step; r],
                 context: ContextRepr(Tensor::from_data(
-                    TensorData::new(ctx, [b, self.d]),
+                    TensorData::new(ctx, [r, self.d]),
                     &self.device,
                 )),
-                logits: Tensor::from_data(TensorData::new(logits, [b, self.vocab]), &self.device),
-                active: active.clone(),
+                logits: Tensor::from_data(TensorData::new(logits, [r, self.vocab]), &self.device),
             };
             let toks = policy.next_tokens(&so);
-            if toks.len() != b {
+            if toks.len() != r {
                 return Err(BackboneError::Invalid(format!(
-                    "policy returned {} tokens for {b} sequences",
+                    "policy returned {} tokens for {r} rows",
                     toks.len()
                 )));
             }
-            for i in 0..b {
-                if active[i] {
-                    hist[i].push(toks[i]);
-                    out[i].push(toks[i]);
-                    if options.stop_tokens.contains(&toks[i]) {
-                        done[i] = true;
-                    }
+            for (&i, &tok) in rows.iter().zip(&toks) {
+                hist[i].push(tok);
+                out[i].push(tok);
+                if options.stop_tokens.contains(&tok) {
+                    done[i] = true;
                 }
             }
         }

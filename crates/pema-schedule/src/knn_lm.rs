@@ -437,13 +437,13 @@ mod tests {
         // PLM prefers token 1 in both rows (moderately).
         let logits = vec![0.0, 2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0];
         let out = StepOutput {
-            step: 0,
+            seqs: vec![0, 1],
+            steps: vec![0, 0],
             context: ContextRepr(Tensor::from_data(
                 TensorData::new(vec![1.0, 0.05, 0.05, 1.0], [2, 2]),
                 &dev,
             )),
             logits: Tensor::from_data(TensorData::new(logits, [2, 4]), &dev),
-            active: vec![true, true],
         };
         let params = |lambda| KnnLmParams {
             k: 2,

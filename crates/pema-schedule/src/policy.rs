@@ -59,8 +59,9 @@ pub struct PemaPolicy<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> PemaPolicy<'a, B> {
-    /// A policy for one batch; `horizons[i]` is the GU horizon L of batch row i (see
-    /// [`crate::plan_lengths`]; ignored by the constant schedule, a single value is broadcast).
+    /// A policy for one `generate` call; `horizons[i]` is the GU horizon L of its sequence i
+    /// (see [`crate::plan_lengths`]; ignored by the constant schedule, a single value is
+    /// broadcast). λ_k uses each row's own step k (continuous batching).
     pub fn new(
         adapter: &'a PemaAdapter<B>,
         head: &'a LmHead<B>,
@@ -87,8 +88,8 @@ impl<'a, B: Backend> PemaPolicy<'a, B> {
         })
     }
 
-    /// Records a [`StepTrace`] for every active sequence and step; `seq_offset` is added to
-    /// batch row numbers (the index of the batch's first sequence in the whole test set).
+    /// Records a [`StepTrace`] for every row and step; `seq_offset` is added to sequence
+    /// numbers (the index of the call's first sequence in the whole test set).
     pub fn with_traces(mut self, seq_offset: usize) -> Self {
         self.seq_offset = seq_offset;
         self.traces = Some(Vec::new());
@@ -113,7 +114,11 @@ impl<B: Backend> StepPolicy<B> for PemaPolicy<'_, B> {
     fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
         let [n, _] = out.logits.dims();
         let lambdas: Vec<f64> = (0..n)
-            .map(|i| self.schedule.lambda(out.step, self.horizon(i)))
+            .map(|i| {
+                let (seq, step) = (out.seqs.get(i).copied(), out.steps.get(i).copied());
+                self.schedule
+                    .lambda(step.unwrap_or(0), self.horizon(seq.unwrap_or(i)))
+            })
             .collect();
         let lp_lm = log_softmax(out.logits.clone(), 1);
         let lp_pema = log_softmax(self.adapter.logits(self.head, out.context.0.clone()), 1);
@@ -135,14 +140,11 @@ impl<B: Backend> StepPolicy<B> for PemaPolicy<'_, B> {
         let (l, p, m) = (pick(lp_lm), pick(lp_pema), pick(mixed));
         if let Some(traces) = self.traces.as_mut() {
             for i in 0..n.min(l.len()).min(p.len()).min(m.len()) {
-                if !out.active.get(i).copied().unwrap_or(true) {
-                    continue;
-                }
                 let lambda = lambdas[i];
                 let (p_lm, p_pema) = (l[i].exp(), p[i].exp());
                 traces.push(StepTrace {
-                    seq: self.seq_offset + i,
-                    step: out.step,
+                    seq: self.seq_offset + out.seqs.get(i).copied().unwrap_or(i),
+                    step: out.steps.get(i).copied().unwrap_or(0),
                     lambda,
                     token: ids[i],
                     p_lm,
@@ -208,10 +210,10 @@ mod tests {
         let dev = Default::default();
         let f: Vec<f32> = (0..n * 4).map(|i| ((i as f32) * 0.37).cos()).collect();
         StepOutput {
-            step,
+            seqs: (0..n).collect(),
+            steps: vec![step; n],
             context: ContextRepr(Tensor::from_data(TensorData::new(f, [n, 4]), &dev)),
             logits: Tensor::from_data(TensorData::new(plm_logits, [n, 6]), &dev),
-            active: vec![true; n],
         }
     }
 
