@@ -163,15 +163,17 @@ impl CpuKernels {
 
 impl<B: Backend> Kernels<B> for CpuKernels {
     fn linear(&self, layer: usize, proj: Proj, w: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self.packed.as_ref().and_then(|p| p.linear(layer, proj)) {
-            Some(m) => crate::packed::matmul_tensor(m, x),
+        let packed = self.packed.as_ref();
+        match packed.and_then(|p| p.linear(layer, proj).map(|m| (m, p.simd()))) {
+            Some((m, simd)) => crate::packed::matmul_tensor(m, simd, x),
             None => w.forward(x),
         }
     }
 
     fn head(&self, head: &LmHead<B>, h: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self.packed.as_ref().and_then(|p| p.head()) {
-            Some(m) => crate::packed::matmul_tensor(m, head.norm(h)),
+        let packed = self.packed.as_ref();
+        match packed.and_then(|p| p.head().map(|m| (m, p.simd()))) {
+            Some((m, simd)) => crate::packed::matmul_tensor(m, simd, head.norm(h)),
             None => head.forward(h),
         }
     }

@@ -20,8 +20,23 @@ pub struct TaskInput {
 /// How the PLM is served: shared prefix and kernels (`decode`, `memory build`).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServeArgs {
+    /// CPU weights: `packed` multiplies the GGUF's quantised blocks directly (8-bit
+    /// activations, as llama.cpp); `f32` uses the dequantised weights (the exact reference).
+    /// GPU devices and HF-layout models always use f32.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Packed)]
+    pub weights: WeightsArg,
     /// Recompute the template's fixed beginning for every prompt instead of running it once
     /// and sharing its keys/values (same outputs; for measurements).
     #[arg(long)]
     pub no_shared_prefix: bool,
+}
+
+/// Which weights the CPU kernels multiply.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightsArg {
+    /// Quantised GGUF blocks with integer dot products.
+    #[default]
+    Packed,
+    /// Dequantised f32 weights.
+    F32,
 }

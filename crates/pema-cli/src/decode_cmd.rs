@@ -168,8 +168,11 @@ pub fn run<B: Backend>(
     let start = Instant::now();
     let mut tokens = 0;
     // Continuous batching over the whole file: at most --batch-size sequences at once.
+    // A LoRA-merged model has weights the GGUF does not: no packed weights then.
+    let packed_dir = args.lora.is_none().then_some(args.input.model.as_path());
     let engine = crate::backend::engine(
         &m.model,
+        packed_dir,
         tok,
         &template,
         args.device,

@@ -228,6 +228,7 @@ impl BackendTask for MemoryBuild<'_> {
         let template = pema_memory::PromptTemplate::resolve(&self.0.input.template)?;
         let engine = backend::engine(
             &m.model,
+            Some(self.0.input.model.as_path()),
             &m.tokenizer,
             &template,
             DeviceArg::Cpu,

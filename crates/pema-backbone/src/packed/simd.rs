@@ -1,0 +1,301 @@
+//! Integer dot products of an unpacked weight row with 8-bit quantised activation rows:
+//! a scalar reference, AVX2 (`vpmaddwd` on widened codes) and AVX-512 VNNI (`vpdpbusd`),
+//! chosen at run time. Integer sums are exact; kernels differ from each other only by the
+//! order of the f32 accumulation.
+
+use super::act::QuantAct;
+use super::unpack::{GROUP, Unpacked};
+
+/// The dot-product implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    /// Portable scalar code (the reference).
+    Scalar,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+    /// x86-64 AVX-512 F/BW + VNNI.
+    Avx512Vnni,
+}
+
+impl Simd {
+    /// The best implementation this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return Simd::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Scalar
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Simd::Scalar => true,
+            Simd::Avx2 => matches!(Self::detect(), Simd::Avx2 | Simd::Avx512Vnni),
+            Simd::Avx512Vnni => Self::detect() == Simd::Avx512Vnni,
+        }
+    }
+}
+
+/// `Σ_{k≥from} (Σ_{i∈k} u_i q_i)·s_k·a_k − Σ_{lanes ≥ 4·from} b·A` for activation row `r`:
+/// the groups from `from` on, by scalar code (A = a·Σq per 4 elements).
+#[inline(always)]
+fn scalar_groups(w: &Unpacked, act: &QuantAct, r: usize, from: usize) -> f32 {
+    let cols = act.cols;
+    let q = &act.q[r * cols..(r + 1) * cols];
+    let al = &act.lane[r * cols / 4..(r + 1) * cols / 4];
+    let mut acc = 0f32;
+    for k in from..cols / GROUP {
+        let g = k * GROUP..(k + 1) * GROUP;
+        let isum: i32 = w.u[g.clone()]
+            .iter()
+            .zip(&q[g])
+            .map(|(&u, &x)| i32::from(u) * i32::from(x))
+            .sum();
+        acc += isum as f32 * (w.ws[4 * k] * al[4 * k]);
+    }
+    acc - bias_from(w, act, r, from)
+}
+
+/// `Σ_{lanes ≥ 4·from} b·A` for activation row `r` (the offsets/mins of the groups `from..`).
+#[inline(always)]
+fn bias_from(w: &Unpacked, act: &QuantAct, r: usize, from: usize) -> f32 {
+    let cols = act.cols;
+    let ls = &act.lsum[r * cols / 4..(r + 1) * cols / 4];
+    let mut b = [0f32; 8];
+    let (cw, cl) = (
+        w.wb[4 * from..].chunks_exact(8),
+        ls[4 * from..].chunks_exact(8),
+    );
+    let (rw, rl) = (cw.remainder(), cl.remainder());
+    for (x, y) in cw.zip(cl) {
+        for l in 0..8 {
+            b[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = rw.iter().zip(rl).map(|(x, y)| x * y).sum();
+    b.iter().sum::<f32>() + tail
+}
+
+/// Scalar reference: `out[r] = w · x_r` for every activation row.
+#[inline(always)]
+pub fn dot_rows_scalar(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = scalar_groups(w, act, r, 0);
+    }
+}
+
+/// AVX2 kernel.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`Simd::available`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_rows_avx2(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let cols = act.cols;
+    let groups = cols / GROUP;
+    for (r, o) in out.iter_mut().enumerate() {
+        let q = &act.q[r * cols..(r + 1) * cols];
+        let al = &act.lane[r * cols / 4..(r + 1) * cols / 4];
+        let mut acc = _mm256_setzero_ps();
+        for k in 0..groups {
+            // SAFETY: `u` and `q` hold `cols` bytes, so the 16 bytes at k·16 are in bounds
+            // (unaligned loads).
+            let (u16s, q16s) = unsafe {
+                (
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(w.u.as_ptr().add(k * GROUP).cast())),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(q.as_ptr().add(k * GROUP).cast())),
+                )
+            };
+            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(u16s, q16s));
+            acc = _mm256_fmadd_ps(p, _mm256_set1_ps(w.ws[4 * k] * al[4 * k]), acc);
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 f32 (unaligned store).
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        *o = lanes.iter().sum::<f32>() - bias_from(w, act, r, 0);
+    }
+}
+
+/// AVX-512 VNNI kernel: 64 codes per `vpdpbusd`, per-lane scales, activation rows in
+/// tiles of 4 (each weight load serves 4 rows).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI ([`Simd::available`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot_rows_avx512(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
+    let mut r = 0;
+    while r + 4 <= out.len() {
+        // SAFETY: this function's contract.
+        unsafe { tile_avx512::<4>(w, act, r, &mut out[r..r + 4]) };
+        r += 4;
+    }
+    while r < out.len() {
+        // SAFETY: this function's contract.
+        unsafe { tile_avx512::<1>(w, act, r, &mut out[r..r + 1]) };
+        r += 1;
+    }
+}
+
+/// Rows `r0..r0+T` of [`dot_rows_avx512`].
+///
+/// # Safety
+/// As [`dot_rows_avx512`]; `r0 + T ≤ act.rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn tile_avx512<const T: usize>(w: &Unpacked, act: &QuantAct, r0: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let cols = act.cols;
+    let full = cols / 64;
+    let mut acc = [_mm512_setzero_ps(); T];
+    for c in 0..full {
+        // SAFETY: `u`, each `q` row hold `cols` ≥ 64·(c+1) bytes and `ws`, each `lane` row
+        // `cols/4` ≥ 16·(c+1) floats; rows r0..r0+T exist (unaligned loads).
+        unsafe {
+            let uv = _mm512_loadu_si512(w.u.as_ptr().add(64 * c).cast());
+            let wsv = _mm512_loadu_ps(w.ws.as_ptr().add(16 * c));
+            let wbv = _mm512_loadu_ps(w.wb.as_ptr().add(16 * c));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let r = r0 + j;
+                let qv = _mm512_loadu_si512(act.q.as_ptr().add(r * cols + 64 * c).cast());
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uv, qv);
+                let al = _mm512_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 16 * c));
+                let ls = _mm512_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 16 * c));
+                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wsv, al), *a);
+                *a = _mm512_fnmadd_ps(wbv, ls, t);
+            }
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let r = r0 + j;
+        let tail = scalar_groups(w, act, r, full * 64 / GROUP);
+        *o = _mm512_reduce_add_ps(acc[j]) + tail;
+    }
+}
+
+/// AVX-512 VNNI kernel reading Q8_0 blocks directly (no unpacked copy): two blocks per
+/// `vpdpbusd` with the weights offset to unsigned in registers (`q ^ 0x80` = q + 128, the
+/// offset removed through the activation group sums). `out` is `[weight rows, act rows]`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; `bytes` must hold whole Q8_0 rows of `cols`
+/// elements (`row_bytes` = cols / 32 · 34) and `out` one value per (weight row, act row).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub unsafe fn q8_0_rows_avx512(
+    cols: usize,
+    bytes: &[u8],
+    row_bytes: usize,
+    act: &QuantAct,
+    out: &mut [f32],
+) {
+    let n = act.rows;
+    let nb = cols / 32;
+    let pairs = nb / 2;
+    let mut d = vec![0f32; nb];
+    for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+        for (b, db) in d.iter_mut().enumerate() {
+            *db = half::f16::from_bits(u16::from_le_bytes([row[34 * b], row[34 * b + 1]])).to_f32();
+        }
+        let mut r = 0;
+        while r + 4 <= n {
+            // SAFETY: this function's contract; rows r..r+4 exist.
+            unsafe { q8_0_tile::<4>(row, &d, pairs, act, r, &mut o[r..r + 4]) };
+            r += 4;
+        }
+        while r < n {
+            // SAFETY: as above for row r.
+            unsafe { q8_0_tile::<1>(row, &d, pairs, act, r, &mut o[r..r + 1]) };
+            r += 1;
+        }
+    }
+}
+
+/// Activation rows `r0..r0+T` of [`q8_0_rows_avx512`] for one weight row.
+///
+/// # Safety
+/// As [`q8_0_rows_avx512`]; `row` is one whole Q8_0 row with scales `d`, `r0 + T ≤ act.rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+#[inline]
+unsafe fn q8_0_tile<const T: usize>(
+    row: &[u8],
+    d: &[f32],
+    pairs: usize,
+    act: &QuantAct,
+    r0: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let cols = act.cols;
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for p in 0..pairs {
+        // SAFETY: blocks 2p and 2p+1 lie within `row` (34 bytes each, codes at +2), each `q`
+        // row holds 64 codes at 64p and each `lane` row 16 scales at 16p (unaligned loads).
+        unsafe {
+            let lo = _mm256_loadu_si256(row.as_ptr().add(68 * p + 2).cast());
+            let hi = _mm256_loadu_si256(row.as_ptr().add(68 * p + 36).cast());
+            let u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), flip);
+            let ds = _mm512_mask_blend_ps(
+                0xFF00,
+                _mm512_set1_ps(d[2 * p]),
+                _mm512_set1_ps(d[2 * p + 1]),
+            );
+            let bs = _mm512_mul_ps(ds, _mm512_set1_ps(128.0));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let r = r0 + j;
+                let x = _mm512_loadu_si512(act.q.as_ptr().add(r * cols + 64 * p).cast());
+                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+                let al = _mm512_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 16 * p));
+                let ls = _mm512_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 16 * p));
+                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(ds, al), *a);
+                *a = _mm512_fnmadd_ps(bs, ls, t);
+            }
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let r = r0 + j;
+        let q = &act.q[r * cols..(r + 1) * cols];
+        let al = &act.lane[r * cols / 4..(r + 1) * cols / 4];
+        let ls = &act.lsum[r * cols / 4..(r + 1) * cols / 4];
+        let mut tail = 0f32;
+        for (b, &db) in d.iter().enumerate().skip(2 * pairs) {
+            let isum: i32 = (0..32)
+                .map(|i| i32::from(row[34 * b + 2 + i] ^ 0x80) * i32::from(q[32 * b + i]))
+                .sum();
+            let lsum: f32 = ls[8 * b..8 * b + 8].iter().sum();
+            tail += isum as f32 * (db * al[8 * b]) - 128.0 * db * lsum;
+        }
+        *o = _mm512_reduce_add_ps(acc[j]) + tail;
+    }
+}
+
+/// Runs `simd` (which must be [`Simd::available`]; anything else falls back to scalar).
+#[inline(always)]
+pub fn dot_rows(simd: Simd, w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512Vnni if simd.available() => {
+            // SAFETY: availability checked on the line above.
+            unsafe { dot_rows_avx512(w, act, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 if simd.available() => {
+            // SAFETY: availability checked on the line above.
+            unsafe { dot_rows_avx2(w, act, out) }
+        }
+        _ => dot_rows_scalar(w, act, out),
+    }
+}
