@@ -1,17 +1,24 @@
-//! Prefill and decode throughput (tokens/s) of the real models on CPU, on both CPU backends
-//! (burn-ndarray and burn-flex) in the same run, so their ratio is measured under one load.
+//! Prefill and decode throughput (tokens/s) of the real models on CPU (burn-flex), three ways
+//! in the same run: the plain model (`Transformer::forward`, reference kernels, f32 weights),
+//! the serving engine with CPU kernels and f32 weights, and the engine with packed quantised
+//! weights (the `pema` default). Compare with `benches/llamacpp_speed.py` run in the same
+//! session.
 //!
 //! Needs `cargo xtask fetch-assets`; prints a skip line per model when its files are absent.
 //! (`criterion_group!` generates an undocumented function, hence the allow below.)
-//! Run: `cargo bench -p pema-benches --bench backbone` (see README for figures).
+//! Run: `cargo bench -p pema-benches --bench backbone`.
 #![allow(missing_docs)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use burn::backend::{Flex, NdArray};
-use burn::tensor::backend::Backend;
+use burn::backend::Flex;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use pema_backbone::{LoadedModel, load_model_dir};
+use pema_backbone::gguf::GgufFile;
+use pema_backbone::packed::PackedModel;
+use pema_backbone::{CpuKernels, Engine, LoadedModel, SeqKv, load_model_dir};
+
+type B = Flex;
 
 const PREFILL: usize = 128;
 
@@ -19,7 +26,7 @@ fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
 }
 
-fn prompt<B: Backend>(m: &LoadedModel<B>) -> Vec<u32> {
+fn prompt(m: &LoadedModel<B>) -> Vec<u32> {
     let text = "The history of the railway begins with wooden wagonways in the mines of Europe, \
                 where horses pulled carts along simple tracks. ";
     let mut ids = m.tokenizer.encode_prompt(&text.repeat(8)).expect("encode");
@@ -27,47 +34,39 @@ fn prompt<B: Backend>(m: &LoadedModel<B>) -> Vec<u32> {
     ids
 }
 
-fn bench_model<B: Backend>(c: &mut Criterion, name: &str, backend: &str) {
-    let dir = assets().join(name);
-    if !dir.join("model.gguf").exists() {
-        eprintln!(
-            "SKIPPED {name}: {} absent (cargo xtask fetch-assets)",
-            dir.display()
-        );
-        return;
-    }
-    let m = load_model_dir::<B>(&dir, &Default::default()).expect("load");
-    let ids = prompt(&m);
+fn bench_engine(c: &mut Criterion, name: &str, label: &str, m: &LoadedModel<B>, e: &Engine<'_, B>) {
+    let ids = prompt(m);
     assert_eq!(ids.len(), PREFILL, "prompt too short");
-    let mut g = c.benchmark_group(format!("{name}/{backend}"));
+    let kernels = e.kernels();
+    let model = &m.model;
+    let mut g = c.benchmark_group(format!("{name}/{label}"));
     g.sample_size(10);
     g.throughput(Throughput::Elements(PREFILL as u64));
     g.bench_function("prefill_128", |b| {
         b.iter(|| {
-            let mut cache = m.model.new_cache(vec![0]);
-            let h = m
-                .model
-                .forward(std::slice::from_ref(&ids), &mut cache)
+            let mut kv = model.new_seq_cache();
+            let h = model
+                .forward_ragged(kernels, &[&ids], &mut [&mut kv])
                 .expect("forward");
-            let [_, t, d] = h.dims();
             // Include the head on the last position, as a generation step would.
-            m.model
-                .logits(h.narrow(1, t - 1, 1).reshape([1, d]))
+            kernels
+                .head(&model.head, h.narrow(0, PREFILL - 1, 1))
                 .into_data()
         })
     });
-    let mut warm = m.model.new_cache(vec![0]);
-    m.model
-        .forward(std::slice::from_ref(&ids), &mut warm)
+    let mut warm: SeqKv<B> = model.new_seq_cache();
+    model
+        .forward_ragged(kernels, &[&ids], &mut [&mut warm])
         .expect("prefill");
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_step_at_128", |b| {
         b.iter_batched(
             || warm.clone(),
-            |mut cache| {
-                let h = m.model.forward(&[vec![ids[5]]], &mut cache).expect("step");
-                let [_, _, d] = h.dims();
-                m.model.logits(h.reshape([1, d])).argmax(1).into_data()
+            |mut kv| {
+                let h = model
+                    .forward_ragged(kernels, &[&[ids[5]]], &mut [&mut kv])
+                    .expect("step");
+                kernels.head(&model.head, h).argmax(1).into_data()
             },
             BatchSize::LargeInput,
         )
@@ -77,8 +76,23 @@ fn bench_model<B: Backend>(c: &mut Criterion, name: &str, backend: &str) {
 
 fn backbone(c: &mut Criterion) {
     for name in ["smollm2-135m", "gemma-3-270m"] {
-        bench_model::<NdArray<f32>>(c, name, "ndarray");
-        bench_model::<Flex>(c, name, "flex");
+        let dir = assets().join(name);
+        if !dir.join("model.gguf").exists() {
+            eprintln!(
+                "SKIPPED {name}: {} absent (cargo xtask fetch-assets)",
+                dir.display()
+            );
+            continue;
+        }
+        let m = load_model_dir::<B>(&dir, &Default::default()).expect("load");
+        let file = GgufFile::open(&dir.join("model.gguf")).expect("gguf");
+        let packed =
+            Arc::new(PackedModel::from_gguf(&file, m.model.config.n_layers).expect("packed"));
+        bench_engine(c, name, "reference-f32", &m, &Engine::new(&m.model));
+        let cpu = Engine::new(&m.model).with_kernels(Box::new(CpuKernels::new()));
+        bench_engine(c, name, "cpu-f32", &m, &cpu);
+        let pk = Engine::new(&m.model).with_kernels(Box::new(CpuKernels::with_packed(packed)));
+        bench_engine(c, name, "cpu-packed", &m, &pk);
     }
 }
 

@@ -70,6 +70,11 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.model
     }
 
+    /// The kernels (for callers driving [`Transformer::forward_ragged`] themselves).
+    pub fn kernels(&self) -> &dyn Kernels<B> {
+        self.kernels.as_ref()
+    }
+
     /// The kernels' name.
     pub fn kernels_name(&self) -> &'static str {
         self.kernels.name()

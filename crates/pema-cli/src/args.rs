@@ -22,9 +22,10 @@ pub struct TaskInput {
 pub struct ServeArgs {
     /// CPU weights: `packed` multiplies the GGUF's quantised blocks directly (8-bit
     /// activations, as llama.cpp); `f32` uses the dequantised weights (the exact reference).
-    /// GPU devices and HF-layout models always use f32.
-    #[arg(long, value_enum, default_value_t = WeightsArg::Packed)]
-    pub weights: WeightsArg,
+    /// Default: packed for `decode` (faster generation), f32 for `memory build` (prefill-bound,
+    /// where the f32 GEMM is faster). GPU devices and HF-layout models always use f32.
+    #[arg(long, value_enum)]
+    pub weights: Option<WeightsArg>,
     /// Recompute the template's fixed beginning for every prompt instead of running it once
     /// and sharing its keys/values (same outputs; for measurements).
     #[arg(long)]

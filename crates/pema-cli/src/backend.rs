@@ -99,6 +99,7 @@ fn run_cuda<T: BackendTask>(_task: T) -> Result<T::Output> {
 /// `model_dir/model.gguf` unless `--weights f32` or `model_dir` is `None`, e.g. after a LoRA
 /// merge), the reference elsewhere; at most `max_batch` sequences at once; the template's
 /// prefix shared unless disabled.
+#[allow(clippy::too_many_arguments)]
 pub fn engine<'m, B: burn::tensor::backend::Backend>(
     model: &'m pema_backbone::Transformer<B>,
     model_dir: Option<&std::path::Path>,
@@ -106,6 +107,7 @@ pub fn engine<'m, B: burn::tensor::backend::Backend>(
     template: &pema_memory::PromptTemplate,
     device: DeviceArg,
     serve: &crate::args::ServeArgs,
+    default_weights: crate::args::WeightsArg,
     max_batch: usize,
 ) -> anyhow::Result<pema_backbone::Engine<'m, B>> {
     let mut e = pema_backbone::Engine::new(model).with_max_batch(max_batch);
@@ -113,7 +115,7 @@ pub fn engine<'m, B: burn::tensor::backend::Backend>(
         let gguf = model_dir
             .map(|d| d.join("model.gguf"))
             .filter(|p| p.is_file());
-        let kernels = match (serve.weights, gguf) {
+        let kernels = match (serve.weights.unwrap_or(default_weights), gguf) {
             (crate::args::WeightsArg::Packed, Some(path)) => {
                 let file = pema_backbone::gguf::GgufFile::open(&path)
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -177,6 +177,7 @@ pub fn run<B: Backend>(
         &template,
         args.device,
         &args.serve,
+        crate::args::WeightsArg::Packed,
         args.batch_size,
     )?;
     let opts = GenerateOptions {

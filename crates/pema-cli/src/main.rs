@@ -233,6 +233,7 @@ impl BackendTask for MemoryBuild<'_> {
             &template,
             DeviceArg::Cpu,
             &self.0.serve,
+            args::WeightsArg::F32,
             self.0.batch_size,
         )?;
         memory_cmd::build::<B::InnerBackend, _, _>(self.0, &engine, &m.tokenizer, &info)?;
