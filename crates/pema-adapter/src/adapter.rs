@@ -21,15 +21,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Distribution, Int, Tensor, TensorData, backend::Backend};
-use pema_backbone::LmHead;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AdapterConfig, KeyNorm};
 use crate::error::{AdapterError, Result};
+use crate::head_ce::{CePath, FusedHead};
 
 /// Format tag of the adapter artifact (`adapter.json` and the safetensors metadata).
 pub const ADAPTER_FORMAT: &str = "pema-adapter/1";
@@ -112,8 +111,8 @@ pub struct Losses<B: Backend> {
     pub rct: Tensor<B, 1>,
     /// L_pd = CE(W_hd·norm(B_pd·z), y) (phase 2 only).
     pub pd: Option<Tensor<B, 1>>,
-    /// Logits W_hd·norm(h_pd), `[batch, vocab]` (phase 2 only).
-    pub logits: Option<Tensor<B, 2>>,
+    /// argmax of P_PEMA per entry, `[batch]` (phase 2 only).
+    pub top1: Option<Tensor<B, 1, Int>>,
 }
 
 /// Kaiming-uniform(a = √5) like `torch.nn.Linear(d, r)`: U(−1/√d, 1/√d), drawn from `rng`,
@@ -203,15 +202,21 @@ impl<B: Backend> PemaAdapter<B> {
 
     /// PEMA's logits W_hd·norm(h_pd) for `f: [batch, d]` (inference, no dropout):
     /// P_PEMA(·|c) = softmax of these.
-    pub fn logits(&self, head: &LmHead<B>, f: Tensor<B, 2>) -> Tensor<B, 2> {
-        head.forward(self.h_pd(f))
+    pub fn logits(&self, head: &FusedHead<B>, f: Tensor<B, 2>) -> Tensor<B, 2> {
+        head.logits(self.h_pd(f))
     }
 
     /// The losses of a batch: `f: [batch, d]` keys, `y: [batch]` gold token ids.
     /// `train` switches the input dropout on.
+    ///
+    /// L_pd goes through the blockwise [`FusedHead`] (no `[batch, V]` logits). When the
+    /// adapter's matrices require gradients (an autodiff backend in training), the exact
+    /// gradient of L_pd computed there is injected into the graph by a surrogate term
+    /// `s − detach(s)` with `s = ⟨x, ∂L/∂x⟩`: its value is 0 and its gradient with respect to
+    /// x is ∂L/∂x, so autodiff carries it through norm, B_pd, A and dropout.
     pub fn losses(
         &self,
-        head: &LmHead<B>,
+        head: &FusedHead<B>,
         f: Tensor<B, 2>,
         y: Tensor<B, 1, Int>,
         phase: Phase,
@@ -221,30 +226,49 @@ impl<B: Backend> PemaAdapter<B> {
         let z = self.project(f.clone(), train);
         let h_rct = z.clone().matmul(self.b_rct.clone());
         let rct = (h_rct - f).powi_scalar(2).mean();
-        match phase {
-            Phase::Reconstruction => Losses {
+        if phase == Phase::Reconstruction {
+            return Losses {
                 total: rct.clone(),
                 rct,
                 pd: None,
-                logits: None,
-            },
-            Phase::Prediction => {
-                let h_pd = z.matmul(self.b_pd.clone());
-                let logits = head.forward(h_pd);
-                let n = y.dims()[0];
-                let pd = log_softmax(logits.clone(), 1)
-                    .gather(1, y.reshape([n, 1]))
-                    .mean()
-                    .neg();
-                let k = self.config.kappa;
-                let total = rct.clone().mul_scalar(k) + pd.clone().mul_scalar(1.0 - k);
-                Losses {
-                    total,
-                    rct,
-                    pd: Some(pd),
-                    logits: Some(logits),
-                }
+                top1: None,
+            };
+        }
+        let n = y.dims()[0];
+        let grad = self.a.is_require_grad() || self.b_pd.is_require_grad();
+        let h_pd = z.clone().matmul(self.b_pd.clone());
+        let (nll, top1, surrogate) = match head.choose_path(n, Some(self.config.rank), grad) {
+            CePath::LowRank => {
+                // ℓ_i = ρ_i · z_i · (B_pd ⊙ w) · W_hdᵀ.
+                let q = z * head.inverse_rms(h_pd);
+                let bw = self.b_pd.clone() * head.norm_weight().unsqueeze::<2>();
+                let out =
+                    head.cross_entropy_low_rank(q.clone().detach(), bw.clone().detach(), y, grad);
+                let s = match (out.d_q, out.d_bw) {
+                    (Some(dq), Some(dbw)) => Some((q * dq).sum() + (bw * dbw).sum()),
+                    _ => None,
+                };
+                (out.rows.nll, out.rows.top1, s)
             }
+            _ => {
+                let normed = head.norm(h_pd);
+                let out = head.cross_entropy(normed.clone().detach(), y, grad);
+                let s = out.d_normed.map(|g| (normed * g).sum());
+                (out.rows.nll, out.rows.top1, s)
+            }
+        };
+        let value = nll.mean().detach();
+        let pd = match surrogate {
+            Some(s) => (s.clone() - s.detach()).div_scalar(n as f64) + value,
+            None => value,
+        };
+        let k = self.config.kappa;
+        let total = rct.clone().mul_scalar(k) + pd.clone().mul_scalar(1.0 - k);
+        Losses {
+            total,
+            rct,
+            pd: Some(pd),
+            top1: Some(top1),
         }
     }
 
@@ -329,7 +353,7 @@ impl<B: Backend> PemaAdapter<B> {
 
     /// Loads an artifact written by [`PemaAdapter::save`] and checks it against `head`:
     /// an adapter trained against another head (different fingerprint or shape) is refused.
-    pub fn load(dir: &Path, head: &LmHead<B>, device: &B::Device) -> Result<(Self, AdapterMeta)> {
+    pub fn load(dir: &Path, head: &FusedHead<B>, device: &B::Device) -> Result<(Self, AdapterMeta)> {
         let cfg_path = dir.join(CONFIG_FILE);
         let meta: AdapterMeta = read_json(&cfg_path)?;
         if meta.format != ADAPTER_FORMAT {
@@ -491,6 +515,7 @@ mod tests {
     //! process, so mixing f32 and f64 NdArray tests in one binary races.
     use super::*;
     use burn::backend::{Autodiff, NdArray};
+    use pema_backbone::LmHead;
 
     type F = NdArray<f64>;
     type AD = Autodiff<F>;
@@ -501,9 +526,20 @@ mod tests {
             .collect()
     }
 
-    fn tiny_head<B: Backend>(d: usize, v: usize, dev: &B::Device) -> LmHead<B> {
+    fn tiny_head<B: Backend>(d: usize, v: usize, dev: &B::Device) -> FusedHead<B> {
+        tiny_head_with(d, v, CePath::Auto, dev)
+    }
+
+    /// A tiny head whose row chunks hold 2 rows, so that chunking is exercised.
+    fn tiny_head_with<B: Backend>(d: usize, v: usize, path: CePath, dev: &B::Device) -> FusedHead<B> {
         let norm: Vec<f32> = (0..d).map(|i| 0.8 + 0.1 * i as f32).collect();
-        LmHead::from_host(norm, 1e-6, pseudo(v * d, 0.3), v, "tiny", dev).expect("head")
+        let head = LmHead::from_host(norm, 1e-6, pseudo(v * d, 0.3), v, "tiny", dev).expect("head");
+        let config = crate::HeadCeConfig {
+            chunk_elems: 2 * v,
+            path,
+            ..Default::default()
+        };
+        FusedHead::new(&head, config).expect("fused head")
     }
 
     #[test]
@@ -528,11 +564,18 @@ mod tests {
         assert_eq!(AdapterConfig::paper(2048, 10).rank * 2048 * 3, 3_145_728);
     }
 
-    /// Central finite differences (f64) against autodiff for every weight of A, B_rct, B_pd.
+    /// Central finite differences (f64) against autodiff for every weight of A, B_rct, B_pd,
+    /// through both exact paths of the blockwise head (dense and low-rank), over 2-row chunks.
     #[test]
     fn gradients_match_finite_differences() {
+        for path in [CePath::Dense, CePath::LowRank] {
+            gradients_match_finite_differences_on(path);
+        }
+    }
+
+    fn gradients_match_finite_differences_on(path: CePath) {
         let dev = Default::default();
-        let (d, r, v, n) = (5, 3, 7, 4);
+        let (d, r, v, n) = (5, 3, 7, 5);
         let cfg = AdapterConfig {
             d,
             vocab: v,
@@ -540,10 +583,10 @@ mod tests {
             dropout: 0.2,
             kappa: 0.3,
         };
-        let head = tiny_head::<AD>(d, v, &dev);
+        let head = tiny_head_with::<AD>(d, v, path, &dev);
         let (a, b1, b2) = (pseudo(r * d, 0.1), pseudo(d * r, 0.2), pseudo(d * r, 0.4));
         let f: Vec<f32> = pseudo(n * d, 0.9).iter().map(|x| 2.0 * x).collect();
-        let y = vec![1i64, 6, 0, 3];
+        let y = vec![1i64, 6, 0, 3, 6];
         let loss_of = |a: &[f32], b1: &[f32], b2: &[f32], grad: bool| {
             let mut ad = PemaAdapter::<AD>::from_paper_layout(cfg, a, b1, b2, &dev);
             if grad {
@@ -592,7 +635,10 @@ mod tests {
                 let an = [&ga, &gb1, &gb2][which][i];
                 let err = (fd - an).abs() / (1e-4 + fd.abs().max(an.abs()));
                 worst = worst.max(err);
-                assert!(err < 1e-4, "param {which}[{i}]: fd {fd} vs autodiff {an}");
+                assert!(
+                    err < 1e-4,
+                    "{path:?} param {which}[{i}]: fd {fd} vs autodiff {an}"
+                );
             }
         }
         assert!(worst < 1e-4);
@@ -645,7 +691,7 @@ mod tests {
 
     fn test_meta<B: Backend>(
         cfg: &AdapterConfig,
-        head: &LmHead<B>,
+        head: &FusedHead<B>,
         key_norm: KeyNorm,
     ) -> AdapterMeta {
         AdapterMeta {
@@ -699,6 +745,7 @@ mod tests {
         w[0] += 1.0;
         let norm: Vec<f32> = (0..d).map(|i| 0.8 + 0.1 * i as f32).collect();
         let other = LmHead::<B>::from_host(norm, 1e-6, w, v, "tiny", &dev).expect("head");
+        let other = FusedHead::new(&other, Default::default()).expect("fused");
         let err = PemaAdapter::<B>::load(dir.path(), &other, &dev).expect_err("must refuse");
         assert!(matches!(err, AdapterError::HeadMismatch { .. }));
         assert!(err.to_string().contains("refusing"), "{err}");

@@ -18,12 +18,14 @@ pub mod adam;
 pub mod adapter;
 pub mod config;
 pub mod error;
+pub mod head_ce;
 pub mod train;
 
 pub use adam::Adam;
 pub use adapter::{ADAPTER_FORMAT, AdapterMeta, KeyStats, Losses, PemaAdapter, Phase};
 pub use config::{AdapterConfig, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 pub use error::{AdapterError, Result};
+pub use head_ce::{CePath, FusedHead, HeadCeConfig, HeadPrecision, RowCe};
 pub use train::{
     DevMetrics, PhaseReport, TrainReport, key_stats_host, key_stats_of, record_validation, train,
     train_step,

@@ -28,7 +28,6 @@ use std::time::Instant;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use pema_backbone::LmHead;
 use pema_memory::MemorySource;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -41,6 +40,7 @@ use crate::adapter::{
 };
 use crate::config::{AdapterConfig, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 use crate::error::{AdapterError, Result};
+use crate::head_ce::FusedHead;
 
 /// Name of the JSON-lines training log inside the output directory.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -143,8 +143,8 @@ struct PhaseStart<B: Backend> {
 }
 
 struct Ctx<'a, B: AutodiffBackend> {
-    head: &'a LmHead<B::InnerBackend>,
-    head_ad: LmHead<B>,
+    head: &'a FusedHead<B::InnerBackend>,
+    head_ad: FusedHead<B>,
     key_stats: Option<KeyStats<B::InnerBackend>>,
     train: &'a dyn MemorySource,
     dev: &'a dyn MemorySource,
@@ -161,7 +161,7 @@ struct Ctx<'a, B: AutodiffBackend> {
 /// `head`, writing logs, checkpoints and the artifact into `out`. The autodiff backend `B`
 /// runs the training steps; validation runs on its inner backend.
 pub fn train<B: AutodiffBackend>(
-    head: &LmHead<B::InnerBackend>,
+    head: &FusedHead<B::InnerBackend>,
     train_mem: &dyn MemorySource,
     dev_mem: &dyn MemorySource,
     cfg: &TrainConfig,
@@ -207,7 +207,7 @@ pub fn train<B: AutodiffBackend>(
     };
     let mut ctx = Ctx::<B> {
         head,
-        head_ad: lift_head::<B>(head),
+        head_ad: head.lift::<B>(),
         key_stats: key_stats.clone(),
         train: train_mem,
         dev: dev_mem,
@@ -440,17 +440,6 @@ fn fresh_start<B: Backend>(
     }
 }
 
-/// The frozen head viewed on the autodiff backend: the same tensors, no `require_grad`.
-fn lift_head<B: AutodiffBackend>(head: &LmHead<B::InnerBackend>) -> LmHead<B> {
-    LmHead {
-        norm_weight: Tensor::from_inner(head.norm_weight.clone()),
-        eps: head.eps,
-        weight: Tensor::from_inner(head.weight.clone()),
-        model: head.model.clone(),
-        fingerprint: head.fingerprint.clone(),
-    }
-}
-
 /// What one [`train_step`] returns.
 #[derive(Debug, Clone)]
 pub struct StepOutcome<B: Backend> {
@@ -467,7 +456,7 @@ pub struct StepOutcome<B: Backend> {
 pub fn train_step<B: AutodiffBackend>(
     adapter: &PemaAdapter<B::InnerBackend>,
     adam: &mut Adam<B::InnerBackend>,
-    head: &LmHead<B>,
+    head: &FusedHead<B>,
     keys: Tensor<B::InnerBackend, 2>,
     values: Tensor<B::InnerBackend, 1, Int>,
     phase: Phase,
@@ -733,8 +722,8 @@ fn evaluate<B: AutodiffBackend>(
         if let Some(p) = l.pd {
             pd += scalar(p)? * w;
         }
-        if let Some(logits) = l.logits {
-            let hit = logits.argmax(1).reshape([end - start]).equal(y).int().sum();
+        if let Some(top1) = l.top1 {
+            let hit = top1.equal(y).int().sum();
             correct += scalar_int(hit)?;
         }
         start = end;
@@ -879,7 +868,7 @@ impl JsonLog {
 fn check_resume(
     st: &CheckpointState,
     cfg: &TrainConfig,
-    head: &LmHead<impl Backend>,
+    head: &FusedHead<impl Backend>,
     train: &dyn MemorySource,
     dev: &dyn MemorySource,
     path: &Path,

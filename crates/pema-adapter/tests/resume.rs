@@ -29,6 +29,7 @@ fn resumed_training_matches_an_uninterrupted_run() {
     let (d, v) = (8, 5);
     let w: Vec<f32> = (0..v * d).map(|i| ((i as f32) * 0.7).cos()).collect();
     let head = LmHead::<B>::from_host(vec![1.0; d], 1e-6, w, v, "t", &dev).expect("head");
+    let head = pema_adapter::FusedHead::new(&head, Default::default()).expect("fused head");
     let (tr, dv) = (mem(200, d, v, 0.0, "tr"), mem(50, d, v, 1.0, "dv"));
     let cfg = |halt: Option<u64>| TrainConfig {
         rank: 4,

@@ -44,6 +44,11 @@ fn memory(centres: &[f32], n: usize, seed: u64, tag: &str) -> InMemory {
     }
 }
 
+/// The blockwise view of the head (shares its tensors).
+fn fused(head: &LmHead<B>) -> pema_adapter::FusedHead<B> {
+    pema_adapter::FusedHead::new(head, Default::default()).expect("fused head")
+}
+
 fn setup() -> (LmHead<B>, InMemory, InMemory, InMemory) {
     let mut rng = StdRng::seed_from_u64(42);
     let centres: Vec<f32> = (0..V * D).map(|_| 2.0 * gaussian(&mut rng)).collect();
@@ -96,7 +101,7 @@ fn phase2_learns_a_function_of_the_key_and_leaves_the_head_alone() {
     let (w_before, n_before) = (bits(&head.weight), bits(&head.norm_weight));
     let out = tempfile::tempdir().expect("tempdir");
     let report =
-        train::<AD>(&head, &train_mem, &dev_mem, &config(), out.path(), &dev).expect("training");
+        train::<AD>(&fused(&head), &train_mem, &dev_mem, &config(), out.path(), &dev).expect("training");
 
     // The frozen head is bit-identical and carries no gradient requirement.
     assert_eq!(bits(&head.weight), w_before);
@@ -108,14 +113,14 @@ fn phase2_learns_a_function_of_the_key_and_leaves_the_head_alone() {
     eprintln!("phase 1: {:?}\nphase 2: {:?}", report.phase1, report.phase2);
 
     // Held-out accuracy through the saved artifact.
-    let (adapter, meta) = PemaAdapter::<B>::load(out.path(), &head, &dev).expect("load artifact");
+    let (adapter, meta) = PemaAdapter::<B>::load(out.path(), &fused(&head), &dev).expect("load artifact");
     assert_eq!(meta.rank, 16);
     assert_eq!(meta.memory_fingerprint, "train");
     assert_eq!(meta.dev_memory_fingerprint, "dev");
     assert_eq!(meta.length_ratio, Some(1.25));
     let f = Tensor::<B, 2>::from_data(TensorData::new(test_mem.keys.clone(), [1000, D]), &dev);
     let pred = adapter
-        .logits(&head, f)
+        .logits(&fused(&head), f)
         .argmax(1)
         .into_data()
         .convert::<i64>()
@@ -158,7 +163,7 @@ fn non_finite_loss_stops_with_a_typed_error_and_keeps_the_checkpoint() {
     let mut cfg = config();
     cfg.phase1.max_epochs = 1;
     cfg.phase2.max_steps = Some(20);
-    train::<AD>(&head, &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("first run");
+    train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("first run");
     let state = out.path().join("checkpoint").join("state.json");
     let before = std::fs::read(&state).expect("state");
 
@@ -166,7 +171,7 @@ fn non_finite_loss_stops_with_a_typed_error_and_keeps_the_checkpoint() {
     cfg.phase2.max_steps = Some(60);
     cfg.lr = 1e30;
     let err =
-        train::<AD>(&head, &train_mem, &dev_mem, &cfg, out.path(), &dev).expect_err("must fail");
+        train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect_err("must fail");
     match &err {
         AdapterError::NonFinite {
             phase, checkpoint, ..
@@ -186,11 +191,11 @@ fn non_finite_loss_stops_with_a_typed_error_and_keeps_the_checkpoint() {
 
 fn held_out_accuracy(dir: &std::path::Path, head: &LmHead<B>, test_mem: &InMemory) -> f64 {
     let dev = Default::default();
-    let (adapter, _) = PemaAdapter::<B>::load(dir, head, &dev).expect("load artifact");
+    let (adapter, _) = PemaAdapter::<B>::load(dir, &fused(head), &dev).expect("load artifact");
     let n = test_mem.values.len();
     let f = Tensor::<B, 2>::from_data(TensorData::new(test_mem.keys.clone(), [n, D]), &dev);
     let pred = adapter
-        .logits(head, f)
+        .logits(&fused(head), f)
         .argmax(1)
         .into_data()
         .convert::<i64>()
@@ -218,7 +223,7 @@ fn standardized_keys_learn_despite_a_huge_constant_dimension() {
     let out = tempfile::tempdir().expect("tempdir");
     let cfg = config();
     assert_eq!(cfg.key_norm, KeyNorm::Standardize, "pema's default");
-    let report = train::<AD>(&head, &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
+    let report = train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
     let p1 = report.phase1.best.expect("phase 1 metrics");
     assert!(p1.rct < 0.5, "standardised L_rct {}", p1.rct);
     assert_eq!(report.meta.key_norm, KeyNorm::Standardize);
@@ -236,7 +241,7 @@ fn ablation_plans_run_what_they_say() {
         let out = tempfile::tempdir().expect("tempdir");
         let cfg = TrainConfig { plan, ..config() };
         let report =
-            train::<AD>(&head, &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
+            train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
         match plan {
             PhasePlan::Joint => assert_eq!(report.phase1.steps, 0, "no phase 1"),
             _ => assert!(report.phase1.steps > 0),
@@ -245,7 +250,7 @@ fn ablation_plans_run_what_they_say() {
         assert!(acc > 0.9, "{plan:?}: held-out accuracy {acc}");
         if plan == PhasePlan::BpdOnly {
             // A is phase 1's A₁: the autoencoder still reconstructs through it.
-            let (ad, _) = PemaAdapter::<B>::load(out.path(), &head, &dev).expect("load");
+            let (ad, _) = PemaAdapter::<B>::load(out.path(), &fused(&head), &dev).expect("load");
             let f =
                 Tensor::<B, 2>::from_data(TensorData::new(test_mem.keys.clone(), [1000, D]), &dev);
             let x = ad.standardize(f.clone());
