@@ -9,6 +9,7 @@ Usage:
     python3 benches/pytorch_train_step.py [--device cpu|cuda] [--shapes opt-like,gemma-vocab]
         [--threads N] [--steps N] [--tf32] [--paper]
 
+--shapes issue10 runs the fused-head grid (SmolLM2 and Gemma shapes, r 64/512, B 256/2048).
 --paper adds the paper's GPU shape (B=2048, d=2048, r=512, V=50272). --tf32 allows TF32
 matmuls on CUDA. Prints one JSON object per shape: ms/step (median of --steps timed steps after
 warm-up), tokens/s, and peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: ru_maxrss
@@ -27,6 +28,12 @@ SHAPES = {
     "gemma-vocab": dict(batch=32, d=640, rank=128, vocab=262144),
     "paper": dict(batch=2048, d=2048, rank=512, vocab=50272),
 }
+# The fused-head issue's grid (benches/benches/adapter.rs runs the same names).
+for _m, _d, _v in (("smollm2", 576, 49152), ("gemma", 640, 262144)):
+    for _b in (256, 2048):
+        for _r in (64, 512):
+            SHAPES[f"{_m}-r{_r}-b{_b}"] = dict(batch=_b, d=_d, rank=_r, vocab=_v)
+GROUPS = {"issue10": [k for k in SHAPES if k.startswith(("smollm2-", "gemma-r"))]}
 
 
 def main():
@@ -50,7 +57,7 @@ def main():
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
-    names = [s for s in args.shapes.split(",") if s]
+    names = [n for s in args.shapes.split(",") if s for n in GROUPS.get(s, [s])]
     if args.paper and "paper" not in names:
         names.append("paper")
 

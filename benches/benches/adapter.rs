@@ -1,16 +1,19 @@
-//! criterion bench: one phase-2 PEMA training step (forward with dropout, backward, Adam) at the
-//! paper's shapes scaled to CPU, on burn's ndarray backend (f32).
+//! criterion bench: one phase-2 PEMA training step (forward with dropout, blockwise head
+//! cross-entropy, backward, Adam) on burn-flex (the `pema` binary's CPU backend), f32.
 //!
-//! Shapes (`batch × d`, rank r, vocabulary V):
-//! - `opt-like`:   B = 256, d = 640, r = 128, V = 32,768
-//! - `gemma-vocab`: B = 32,  d = 640, r = 128, V = 262,144 (Gemma 3's vocabulary)
+//! Shapes (`batch × d`, rank r, vocabulary V), the fused-head issue's grid:
+//! - Gemma 3: d = 640, V = 262,144; r ∈ {64, 512}; B ∈ {256, 2,048}
+//! - SmolLM2: d = 576, V = 49,152; r ∈ {64, 512}; B ∈ {256, 2,048}
 //!
-//! The paper's GPU shape (B = 2048, d = 2048, r = 512, V = 50,272) is ~40× the first one in
-//! FLOPs. `benches/pytorch_train_step.py` runs the same steps in PyTorch (CPU, same thread
-//! count) for a ratio measured in one run. Peak memory of the training step (VmHWM growth of
-//! this process while stepping) is printed before the criterion runs.
+//! Variants: `auto` (the exact path [`CePath::Auto`] picks: low-rank when cheaper), `dense`
+//! (exact, dense path forced), `f16` (W_hd stored in f16) and `filter` (gradient filtering,
+//! ε = 2⁻¹², Cut Cross-Entropy's default); variants other than `auto` run on the Gemma shapes only.
+//! `benches/pytorch_train_step.py --shapes issue10` runs PyTorch's dense step at the same shapes
+//! for a ratio measured in one run. Peak memory (VmHWM growth while stepping) is printed before
+//! the criterion runs.
 //!
-//! Set `PEMA_BENCH_SHAPES=opt-like` (or `gemma-vocab`) to run one shape only.
+//! `PEMA_BENCH_SHAPES=gemma-r64-b256,...` runs a subset; `PEMA_BENCH_VARIANTS=auto,dense`
+//! likewise.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -18,13 +21,16 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pema_adapter::{Adam, AdapterConfig, PemaAdapter, Phase, PhasePlan, train_step};
+use pema_adapter::{
+    Adam, AdapterConfig, CePath, FusedHead, HeadCeConfig, HeadPrecision, PemaAdapter, Phase,
+    PhasePlan, train_step,
+};
 use pema_backbone::LmHead;
 
-type B = NdArray<f32>;
+type B = Flex;
 type AD = Autodiff<B>;
 
 struct Shape {
@@ -35,22 +41,28 @@ struct Shape {
     vocab: usize,
 }
 
-const SHAPES: [Shape; 2] = [
+const fn shape(name: &'static str, batch: usize, d: usize, rank: usize, vocab: usize) -> Shape {
     Shape {
-        name: "opt-like",
-        batch: 256,
-        d: 640,
-        rank: 128,
-        vocab: 32_768,
-    },
-    Shape {
-        name: "gemma-vocab",
-        batch: 32,
-        d: 640,
-        rank: 128,
-        vocab: 262_144,
-    },
+        name,
+        batch,
+        d,
+        rank,
+        vocab,
+    }
+}
+
+const SHAPES: [Shape; 8] = [
+    shape("smollm2-r64-b256", 256, 576, 64, 49_152),
+    shape("smollm2-r512-b256", 256, 576, 512, 49_152),
+    shape("smollm2-r64-b2048", 2048, 576, 64, 49_152),
+    shape("smollm2-r512-b2048", 2048, 576, 512, 49_152),
+    shape("gemma-r64-b256", 256, 640, 64, 262_144),
+    shape("gemma-r512-b256", 256, 640, 512, 262_144),
+    shape("gemma-r64-b2048", 2048, 640, 64, 262_144),
+    shape("gemma-r512-b2048", 2048, 640, 512, 262_144),
 ];
+
+const VARIANTS: [&str; 4] = ["auto", "dense", "f16", "filter"];
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -66,26 +78,40 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 struct Setup {
-    head: LmHead<AD>,
+    head: FusedHead<AD>,
     adapter: PemaAdapter<B>,
     adam: Adam<B>,
     keys: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 }
 
-fn setup(s: &Shape) -> Setup {
+fn head_config(variant: &str) -> HeadCeConfig {
+    let base = HeadCeConfig::default();
+    match variant {
+        "dense" => HeadCeConfig {
+            path: CePath::Dense,
+            ..base
+        },
+        "f16" => HeadCeConfig {
+            precision: HeadPrecision::F16,
+            ..base
+        },
+        // Cut Cross-Entropy's default threshold for its bf16 kernels is 2⁻¹².
+        "filter" => HeadCeConfig {
+            filter_eps: Some(2f64.powi(-12)),
+            path: CePath::Dense,
+            ..base
+        },
+        _ => base,
+    }
+}
+
+fn setup(s: &Shape, variant: &str) -> Setup {
     let dev = Default::default();
     let w: Vec<f32> = values(s.vocab * s.d, 1).iter().map(|x| 0.05 * x).collect();
     let head =
         LmHead::<B>::from_host(vec![1.0; s.d], 1e-6, w, s.vocab, "bench", &dev).expect("head");
-    // The frozen head lifted to the autodiff backend as constants, as `train` does.
-    let head = LmHead::<AD> {
-        norm_weight: Tensor::from_inner(head.norm_weight),
-        eps: head.eps,
-        weight: Tensor::from_inner(head.weight),
-        model: head.model,
-        fingerprint: head.fingerprint,
-    };
+    let head = FusedHead::from_head(head, head_config(variant)).expect("fused head");
     let cfg = AdapterConfig {
         d: s.d,
         vocab: s.vocab,
@@ -115,7 +141,7 @@ fn setup(s: &Shape) -> Setup {
         .collect();
     let targets = Tensor::from_data(TensorData::new(ids, [s.batch]), &dev);
     Setup {
-        head,
+        head: head.lift::<AD>(),
         adapter,
         adam,
         keys,
@@ -145,31 +171,47 @@ fn vm_hwm_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn selected() -> Vec<&'static Shape> {
-    let want = std::env::var("PEMA_BENCH_SHAPES").unwrap_or_default();
-    SHAPES
-        .iter()
-        .filter(|s| want.is_empty() || want.split(',').any(|w| w == s.name))
+fn filter_env<T>(items: impl Iterator<Item = T>, var: &str, name: impl Fn(&T) -> &str) -> Vec<T> {
+    let want = std::env::var(var).unwrap_or_default();
+    items
+        .filter(|s| want.is_empty() || want.split(',').any(|w| w == name(s)))
         .collect()
 }
 
+/// (shape, variant) pairs to run: every shape with `auto`, the Gemma shapes with the others.
+fn selected() -> Vec<(&'static Shape, &'static str)> {
+    let shapes = filter_env(SHAPES.iter(), "PEMA_BENCH_SHAPES", |s| s.name);
+    let variants = filter_env(VARIANTS.iter().copied(), "PEMA_BENCH_VARIANTS", |v| v);
+    let mut out = Vec::new();
+    for s in shapes {
+        for &v in &variants {
+            if v == "auto" || s.name.starts_with("gemma") {
+                out.push((s, v));
+            }
+        }
+    }
+    out
+}
+
 fn bench_phase2_step(c: &mut Criterion) {
-    // Peak memory first, shape by shape in increasing size, before criterion allocates.
-    for s in selected() {
+    // Peak memory and a first timing, before criterion allocates anything.
+    for (s, v) in selected() {
         let before = vm_hwm_kib();
-        let mut st = setup(s);
+        let mut st = setup(s, v);
+        let path = st.head.choose_path(s.batch, Some(s.rank), true);
         let after_setup = vm_hwm_kib();
         let t0 = Instant::now();
-        for _ in 0..3 {
-            black_box(step(&mut st));
+        let mut loss = 0.0;
+        for _ in 0..2 {
+            loss = black_box(step(&mut st));
         }
-        let per_step = t0.elapsed().as_secs_f64() / 3.0;
+        let per_step = t0.elapsed().as_secs_f64() / 2.0;
         let after = vm_hwm_kib();
         if let (Some(b), Some(u), Some(a)) = (before, after_setup, after) {
             eprintln!(
-                "pema adapter {}: B={} d={} r={} V={}: VmHWM {:.1} MiB after setup \
-                 (+{:.1} MiB for head/data), {:.1} MiB after 3 steps \
-                 (+{:.1} MiB for the step); {:.1} ms/step (warm-up)",
+                "pema adapter {}/{v}: B={} d={} r={} V={} path {path:?}: VmHWM {:.1} MiB after \
+                 setup (+{:.1} MiB head/data), {:.1} MiB after 2 steps (+{:.1} MiB for the \
+                 step); {:.1} ms/step (warm-up), loss {loss:.4}",
                 s.name,
                 s.batch,
                 s.d,
@@ -185,12 +227,14 @@ fn bench_phase2_step(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("adapter_phase2_step");
     group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(10));
-    for s in selected() {
-        let mut st = setup(s);
+    for (s, v) in selected() {
+        let mut st = setup(s, v);
         group.throughput(Throughput::Elements(s.batch as u64));
-        group.bench_function(s.name, |b| b.iter(|| black_box(step(&mut st))));
+        group.bench_function(format!("{}/{v}", s.name), |b| {
+            b.iter(|| black_box(step(&mut st)))
+        });
     }
     group.finish();
 }

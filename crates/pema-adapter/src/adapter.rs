@@ -353,7 +353,11 @@ impl<B: Backend> PemaAdapter<B> {
 
     /// Loads an artifact written by [`PemaAdapter::save`] and checks it against `head`:
     /// an adapter trained against another head (different fingerprint or shape) is refused.
-    pub fn load(dir: &Path, head: &FusedHead<B>, device: &B::Device) -> Result<(Self, AdapterMeta)> {
+    pub fn load(
+        dir: &Path,
+        head: &FusedHead<B>,
+        device: &B::Device,
+    ) -> Result<(Self, AdapterMeta)> {
         let cfg_path = dir.join(CONFIG_FILE);
         let meta: AdapterMeta = read_json(&cfg_path)?;
         if meta.format != ADAPTER_FORMAT {
@@ -531,7 +535,12 @@ mod tests {
     }
 
     /// A tiny head whose row chunks hold 2 rows, so that chunking is exercised.
-    fn tiny_head_with<B: Backend>(d: usize, v: usize, path: CePath, dev: &B::Device) -> FusedHead<B> {
+    fn tiny_head_with<B: Backend>(
+        d: usize,
+        v: usize,
+        path: CePath,
+        dev: &B::Device,
+    ) -> FusedHead<B> {
         let norm: Vec<f32> = (0..d).map(|i| 0.8 + 0.1 * i as f32).collect();
         let head = LmHead::from_host(norm, 1e-6, pseudo(v * d, 0.3), v, "tiny", dev).expect("head");
         let config = crate::HeadCeConfig {

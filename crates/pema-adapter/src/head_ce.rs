@@ -200,6 +200,11 @@ impl<B: Backend> FusedHead<B> {
         self.norm_weight.dims()[0]
     }
 
+    /// The device holding W_hd.
+    pub fn device(&self) -> B::Device {
+        self.weight.device()
+    }
+
     /// Vocabulary size V.
     pub fn vocab_size(&self) -> usize {
         self.weight.dims()[0]
@@ -217,7 +222,11 @@ impl<B: Backend> FusedHead<B> {
 
     /// ρ_i = 1/√(mean_j h_ij² + ε), `[n, 1]`: norm(h) = ρ ⊙ h ⊙ w.
     pub fn inverse_rms(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
-        h.powi_scalar(2).mean_dim(1).add_scalar(self.eps).sqrt().recip()
+        h.powi_scalar(2)
+            .mean_dim(1)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip()
     }
 
     /// Bytes held by W_hd in its storage precision.
@@ -243,12 +252,12 @@ impl<B: Backend> FusedHead<B> {
     }
 
     /// Rows per chunk for this vocabulary.
-    fn chunk_rows(&self) -> usize {
+    pub(crate) fn chunk_rows(&self) -> usize {
         (self.config.chunk_elems / self.vocab_size().max(1)).max(1)
     }
 
     /// `x · W_hdᵀ` for `x: [c, d]` → `[c, V]` in x's precision.
-    fn times_weight_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn times_weight_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let w = self.weight.clone().transpose();
         match self.config.precision {
             HeadPrecision::F32 => x.matmul(w),
@@ -260,7 +269,7 @@ impl<B: Backend> FusedHead<B> {
     }
 
     /// `W_hd · x` for `x: [d, k]` → `[V, k]` in x's precision.
-    fn weight_times(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn weight_times(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         match self.config.precision {
             HeadPrecision::F32 => self.weight.clone().matmul(x),
             HeadPrecision::F16 => {
@@ -471,7 +480,7 @@ impl<B: Backend> FusedHead<B> {
 }
 
 /// NLL, top-1 and (optionally) G = softmax − onehot of one chunk of logits.
-fn chunk_stats<B: Backend>(
+pub(crate) fn chunk_stats<B: Backend>(
     logits: Tensor<B, 2>,
     y: Tensor<B, 1, Int>,
     grad: bool,

@@ -19,6 +19,7 @@ pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod head_ce;
+pub mod inference;
 pub mod train;
 
 pub use adam::Adam;
@@ -26,6 +27,7 @@ pub use adapter::{ADAPTER_FORMAT, AdapterMeta, KeyStats, Losses, PemaAdapter, Ph
 pub use config::{AdapterConfig, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 pub use error::{AdapterError, Result};
 pub use head_ce::{CePath, FusedHead, HeadCeConfig, HeadPrecision, RowCe};
+pub use inference::PemaLogits;
 pub use train::{
     DevMetrics, PhaseReport, TrainReport, key_stats_host, key_stats_of, record_validation, train,
     train_step,

@@ -32,10 +32,7 @@ fn host1(t: Tensor<B, 1>) -> Vec<f32> {
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn head_of(d: usize, v: usize, w_scale: f32) -> LmHead<B> {
@@ -160,7 +157,11 @@ fn gradient_filtering_keeps_the_loss_and_bounds_the_gradient_change() {
         c.filter_eps = Some(1e-30);
         c.filter_block = 32;
     });
-    let g_none = host(none.cross_entropy(normed.clone(), ids(&y), true).d_normed.expect("g"));
+    let g_none = host(
+        none.cross_entropy(normed.clone(), ids(&y), true)
+            .d_normed
+            .expect("g"),
+    );
     assert!(rel_err(&g_none, &g_exact) < 1e-5);
     // A large ε: the loss is unchanged, the gradient moves by at most ε·Σ|W| per skipped block.
     let eps = 1e-3;
@@ -197,7 +198,10 @@ fn f16_storage_stays_close_to_f32() {
             ..Default::default()
         },
     );
-    assert!(matches!(refused, Err(pema_adapter::AdapterError::Config(_))));
+    assert!(matches!(
+        refused,
+        Err(pema_adapter::AdapterError::Config(_))
+    ));
     let norm: Vec<f32> = (0..d).map(|i| 0.7 + 0.05 * (i % 9) as f32).collect();
     let w: Vec<f32> = pseudo(v * d, 0.3).iter().map(|x| 0.5 * x).collect();
     let head = LmHead::<F>::from_host(norm, 1e-6, w, v, "t", &dev).expect("head");
@@ -239,7 +243,10 @@ fn real_gemma_batch_matches_the_dense_reference() {
                 station?\nGerman: Wo ist der Bahnhof?\n";
     let tokens = m.tokenizer.encode_prompt(text).expect("tokenize");
     let mut cache = m.model.new_cache(vec![0]);
-    let h = m.model.forward(&[tokens.clone()], &mut cache).expect("forward");
+    let h = m
+        .model
+        .forward(&[tokens.clone()], &mut cache)
+        .expect("forward");
     let [_, t, d] = h.dims();
     let h = h.reshape([t, d]).narrow(0, 0, t - 1);
     let y: Vec<i64> = tokens[1..].iter().map(|&x| i64::from(x)).collect();

@@ -100,8 +100,15 @@ fn phase2_learns_a_function_of_the_key_and_leaves_the_head_alone() {
     let (head, train_mem, dev_mem, test_mem) = setup();
     let (w_before, n_before) = (bits(&head.weight), bits(&head.norm_weight));
     let out = tempfile::tempdir().expect("tempdir");
-    let report =
-        train::<AD>(&fused(&head), &train_mem, &dev_mem, &config(), out.path(), &dev).expect("training");
+    let report = train::<AD>(
+        &fused(&head),
+        &train_mem,
+        &dev_mem,
+        &config(),
+        out.path(),
+        &dev,
+    )
+    .expect("training");
 
     // The frozen head is bit-identical and carries no gradient requirement.
     assert_eq!(bits(&head.weight), w_before);
@@ -113,7 +120,8 @@ fn phase2_learns_a_function_of_the_key_and_leaves_the_head_alone() {
     eprintln!("phase 1: {:?}\nphase 2: {:?}", report.phase1, report.phase2);
 
     // Held-out accuracy through the saved artifact.
-    let (adapter, meta) = PemaAdapter::<B>::load(out.path(), &fused(&head), &dev).expect("load artifact");
+    let (adapter, meta) =
+        PemaAdapter::<B>::load(out.path(), &fused(&head), &dev).expect("load artifact");
     assert_eq!(meta.rank, 16);
     assert_eq!(meta.memory_fingerprint, "train");
     assert_eq!(meta.dev_memory_fingerprint, "dev");
@@ -170,8 +178,8 @@ fn non_finite_loss_stops_with_a_typed_error_and_keeps_the_checkpoint() {
     // Resume with an absurd learning rate: the loss overflows.
     cfg.phase2.max_steps = Some(60);
     cfg.lr = 1e30;
-    let err =
-        train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect_err("must fail");
+    let err = train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev)
+        .expect_err("must fail");
     match &err {
         AdapterError::NonFinite {
             phase, checkpoint, ..
@@ -223,7 +231,8 @@ fn standardized_keys_learn_despite_a_huge_constant_dimension() {
     let out = tempfile::tempdir().expect("tempdir");
     let cfg = config();
     assert_eq!(cfg.key_norm, KeyNorm::Standardize, "pema's default");
-    let report = train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
+    let report =
+        train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
     let p1 = report.phase1.best.expect("phase 1 metrics");
     assert!(p1.rct < 0.5, "standardised L_rct {}", p1.rct);
     assert_eq!(report.meta.key_norm, KeyNorm::Standardize);
@@ -240,8 +249,8 @@ fn ablation_plans_run_what_they_say() {
     for plan in [PhasePlan::Joint, PhasePlan::BpdOnly] {
         let out = tempfile::tempdir().expect("tempdir");
         let cfg = TrainConfig { plan, ..config() };
-        let report =
-            train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("train");
+        let report = train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev)
+            .expect("train");
         match plan {
             PhasePlan::Joint => assert_eq!(report.phase1.steps, 0, "no phase 1"),
             _ => assert!(report.phase1.steps > 0),

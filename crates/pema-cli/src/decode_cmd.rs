@@ -38,6 +38,8 @@ pub struct DecodeArgs {
     /// Serving options (shared prefix).
     #[command(flatten)]
     pub serve: crate::args::ServeArgs,
+    #[command(flatten)]
+    pub head: crate::head_args::HeadArgs,
     /// PEMA adapter directory; without it the PLM decodes alone.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -118,9 +120,10 @@ pub fn run<B: Backend>(
         .iter()
         .map(|p| tok.encode_continuation(&p.source).map(|v| v.len()))
         .collect::<Result<Vec<_>, _>>()?;
+    let head = args.head.fused(&m.model.head)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(
-            PemaAdapter::<B>::load(dir, &m.model.head, device)
+            PemaAdapter::<B>::load(dir, &head, device)
                 .with_context(|| format!("loading adapter {}", dir.display()))?,
         ),
         None => None,
@@ -197,8 +200,8 @@ pub fn run<B: Backend>(
             }
             None => engine.generate(&prompts, &opts, &mut Greedy)?,
             Some((a, _)) => {
-                let mut policy =
-                    PemaPolicy::new(a, &m.model.head, schedule, plan.horizons.clone())?;
+                let pema = pema_adapter::PemaLogits::new(a, &head)?;
+                let mut policy = PemaPolicy::new(pema, schedule, plan.horizons.clone())?;
                 if args.trace.is_some() {
                     policy = policy.with_traces(0);
                 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use pema_backbone::LmHead;
 use pema_memory::{ExactKnn, MemoryStore, Metric};
 use pema_schedule::{KnnLmParams, KnnTuneReport, StandardizedSource, tune_knn_lm};
 
@@ -44,6 +43,8 @@ pub struct KnnTuneArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     pub device: crate::backend::DeviceArg,
+    #[command(flatten)]
+    pub head_opts: crate::head_args::HeadArgs,
 }
 
 /// The datastore of kNN-LM: the memory, read standardised, and its exact index.
@@ -91,8 +92,7 @@ pub fn read_params(path: &Path) -> Result<KnnLmParams> {
 
 /// Runs `pema knn-tune` on backend `B`.
 pub fn run<B: Backend>(args: &KnnTuneArgs, device: &B::Device) -> Result<KnnTuneReport> {
-    let head = LmHead::<B>::load(&args.head, device)
-        .with_context(|| format!("loading the LM head {}", args.head.display()))?;
+    let head = args.head_opts.load::<B>(&args.head, device)?;
     let ds = Datastore::open(&args.memory)?;
     let keys = ds.standardized()?;
     let idx = index::<B>(&keys, device)?;

@@ -3,6 +3,7 @@
 mod args;
 mod backend;
 mod decode_cmd;
+mod head_args;
 mod knn_cmd;
 mod lora_cmd;
 mod memory_cmd;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use pema_adapter::{KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
-use pema_backbone::LmHead;
 use pema_memory::{MemorySource, MemoryStore};
 
 /// Arguments of `pema train`.
@@ -58,11 +57,10 @@ pub struct TrainArgs {
     /// loss exceeds both previous ones; the best weights are kept).
     #[arg(long, default_value_t = 100)]
     pub validate_every: u64,
-    /// Batch size for dev evaluation (does not change any result, only peak memory). Default:
-    /// 2,048 capped so that one batch of logits holds at most 2²⁶ values (256 rows for Gemma's
-    /// 262,144-token vocabulary: 2,048 rows would be 2 GiB of logits, more than the training).
-    #[arg(long)]
-    pub dev_batch: Option<usize>,
+    /// Batch size for dev evaluation (does not change any result; the blockwise head bounds
+    /// the logits held at once whatever the batch, see `--head-chunk`).
+    #[arg(long, default_value_t = 2_048)]
+    pub dev_batch: usize,
     /// Seed of initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -87,6 +85,8 @@ pub struct TrainArgs {
     /// phase 1's frozen A₁).
     #[arg(long, value_enum, default_value_t = PlanArg::TwoPhase)]
     pub plan: PlanArg,
+    #[command(flatten)]
+    pub head_opts: crate::head_args::HeadArgs,
 }
 
 /// `--key-norm` values.
@@ -129,7 +129,7 @@ impl TrainArgs {
             lr: self.lr,
             epsilon: self.adam_eps,
             validate_every: self.validate_every,
-            dev_batch_size: self.dev_batch.unwrap_or(2_048),
+            dev_batch_size: self.dev_batch,
             seed: self.seed,
             progress: !self.no_progress,
             resume: !self.no_resume,
@@ -151,8 +151,7 @@ impl TrainArgs {
 
 /// Runs `pema train` on the autodiff backend `B` (validation runs on its inner backend).
 pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<()> {
-    let head = LmHead::<B::InnerBackend>::load(&args.head, device)
-        .with_context(|| format!("loading the LM head {}", args.head.display()))?;
+    let head = args.head_opts.load::<B::InnerBackend>(&args.head, device)?;
     let train_mem = MemoryStore::open(&args.memory)
         .with_context(|| format!("opening the training memory {}", args.memory.display()))?;
     let dev_mem = MemoryStore::open(&args.dev_memory)
@@ -182,14 +181,7 @@ pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::
         &head,
         &train_mem,
         &dev_mem,
-        &TrainConfig {
-            dev_batch_size: args.dev_batch.unwrap_or_else(|| {
-                (1usize << 26)
-                    .div_euclid(head.vocab_size().max(1))
-                    .clamp(1, 2_048)
-            }),
-            ..args.config()
-        },
+        &args.config(),
         &args.out,
         device,
     )?;
@@ -251,6 +243,8 @@ pub struct TuneLambdaArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     pub device: crate::backend::DeviceArg,
+    #[command(flatten)]
+    pub head_opts: crate::head_args::HeadArgs,
 }
 
 /// Runs `pema tune-lambda`: λmax chosen by the dev NLL of the mixture (no decoding).
@@ -258,8 +252,7 @@ pub fn tune_lambda<B: burn::tensor::backend::Backend>(
     args: &TuneLambdaArgs,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let head = LmHead::<B>::load(&args.head, device)
-        .with_context(|| format!("loading the LM head {}", args.head.display()))?;
+    let head = args.head_opts.load::<B>(&args.head, device)?;
     let (adapter, _) = pema_adapter::PemaAdapter::<B>::load(&args.adapter, &head, device)
         .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
     let dev = MemoryStore::open(&args.dev_memory)

@@ -17,7 +17,8 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use pema_backbone::{LmHead, StepOutput, StepPolicy};
+use pema_adapter::FusedHead;
+use pema_backbone::{StepOutput, StepPolicy};
 use pema_memory::{ExactKnn, MemoryError, MemorySource, Neighbor};
 use serde::{Deserialize, Serialize};
 
@@ -276,7 +277,7 @@ pub fn tune_knn_lm<B: Backend>(
     index: &ExactKnn<B>,
     keys: &StandardizedSource<'_>,
     dev: &dyn MemorySource,
-    head: &LmHead<B>,
+    head: &FusedHead<B>,
     ks: &[usize],
     temp_factors: &[f64],
     lambdas: &[f64],
@@ -291,7 +292,7 @@ pub fn tune_knn_lm<B: Backend>(
     let ids = evenly_spaced(dev.len(), max_dev);
     let take = ids.len();
     let d = dev.hidden_size();
-    let device = head.weight.device();
+    let device = head.device();
     let mut lm = Vec::with_capacity(take);
     let mut neigh = Vec::with_capacity(take);
     let mut gold = Vec::with_capacity(take);
@@ -301,10 +302,9 @@ pub fn tune_knn_lm<B: Backend>(
             .map_err(|e| ScheduleError::Config(format!("reading the dev memory: {e}")))?;
         let m = chunk.len();
         let f = Tensor::<B, 2>::from_data(TensorData::new(k.clone(), [m, d]), &device);
-        let y: Vec<i64> = v.iter().map(|&t| i64::from(t)).collect();
-        let y = Tensor::<B, 2, Int>::from_data(TensorData::new(y, [m, 1]), &device);
+        let y = pema_adapter::head_ce::targets::<B>(&v, &device);
         lm.extend(
-            host_f32(log_softmax(head.forward(f), 1).gather(1, y))
+            host_f32(head.gold_log_probs(f, y).nll)
                 .into_iter()
                 .map(f64::from),
         );
@@ -413,7 +413,7 @@ mod tests {
         );
     }
 
-    fn toy() -> (InMemory, LmHead<B>) {
+    fn toy() -> (InMemory, FusedHead<B>) {
         // d = 2, vocab 4: keys near (1, 0) say token 2, keys near (0, 1) say token 3.
         let keys = vec![1.0, 0.0, 1.1, 0.1, 0.0, 1.0, 0.1, 1.2];
         let mem = InMemory {
@@ -423,8 +423,16 @@ mod tests {
             tag: "toy".into(),
         };
         let w = vec![0.0f32; 4 * 2];
-        let head = LmHead::<B>::from_host(vec![1.0, 1.0], 1e-6, w, 4, "toy", &Default::default())
-            .expect("head");
+        let head = pema_backbone::LmHead::<B>::from_host(
+            vec![1.0, 1.0],
+            1e-6,
+            w,
+            4,
+            "toy",
+            &Default::default(),
+        )
+        .expect("head");
+        let head = FusedHead::new(&head, Default::default()).expect("fused");
         (mem, head)
     }
 

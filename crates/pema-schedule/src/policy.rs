@@ -8,9 +8,9 @@ use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use pema_adapter::PemaAdapter;
+use pema_adapter::PemaLogits;
 use pema_backbone::seam::argmax_rows;
-use pema_backbone::{LmHead, StepOutput, StepPolicy};
+use pema_backbone::{StepOutput, StepPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScheduleError};
@@ -50,8 +50,7 @@ pub struct StepTrace {
 
 /// Greedy PEMA decoding: argmax of (1−λ_k)·P_LM + λ_k·P_PEMA.
 pub struct PemaPolicy<'a, B: Backend> {
-    adapter: &'a PemaAdapter<B>,
-    head: &'a LmHead<B>,
+    pema: PemaLogits<'a, B>,
     schedule: Schedule,
     horizons: Vec<f64>,
     seq_offset: usize,
@@ -62,25 +61,10 @@ impl<'a, B: Backend> PemaPolicy<'a, B> {
     /// A policy for one `generate` call; `horizons[i]` is the GU horizon L of its sequence i
     /// (see [`crate::plan_lengths`]; ignored by the constant schedule, a single value is
     /// broadcast). λ_k uses each row's own step k (continuous batching).
-    pub fn new(
-        adapter: &'a PemaAdapter<B>,
-        head: &'a LmHead<B>,
-        schedule: Schedule,
-        horizons: Vec<f64>,
-    ) -> Result<Self> {
+    pub fn new(pema: PemaLogits<'a, B>, schedule: Schedule, horizons: Vec<f64>) -> Result<Self> {
         schedule.validate()?;
-        if adapter.config.d != head.hidden_size() || adapter.config.vocab != head.vocab_size() {
-            return Err(ScheduleError::Config(format!(
-                "adapter (d {}, vocab {}) does not fit the head (d {}, vocab {})",
-                adapter.config.d,
-                adapter.config.vocab,
-                head.hidden_size(),
-                head.vocab_size()
-            )));
-        }
         Ok(Self {
-            adapter,
-            head,
+            pema,
             schedule,
             horizons,
             seq_offset: 0,
@@ -121,7 +105,7 @@ impl<B: Backend> StepPolicy<B> for PemaPolicy<'_, B> {
             })
             .collect();
         let lp_lm = log_softmax(out.logits.clone(), 1);
-        let lp_pema = log_softmax(self.adapter.logits(self.head, out.context.0.clone()), 1);
+        let lp_pema = log_softmax(self.pema.logits(out.context.0.clone()), 1);
         let mixed = mix_log_probs(lp_lm.clone(), lp_pema.clone(), &lambdas);
         if self.traces.is_none() {
             return argmax_rows(mixed);
@@ -181,16 +165,17 @@ pub fn write_traces_jsonl(path: &Path, traces: &[StepTrace]) -> Result<()> {
 mod tests {
     use super::*;
     use burn::backend::NdArray;
-    use pema_adapter::AdapterConfig;
-    use pema_backbone::ContextRepr;
+    use pema_adapter::{AdapterConfig, FusedHead, PemaAdapter};
+    use pema_backbone::{ContextRepr, LmHead};
 
     type B = NdArray<f32>;
 
-    fn setup() -> (PemaAdapter<B>, LmHead<B>) {
+    fn setup() -> (PemaAdapter<B>, FusedHead<B>) {
         let dev = Default::default();
         let (d, v, r) = (4, 6, 2);
         let w: Vec<f32> = (0..v * d).map(|i| ((i as f32) * 0.91).sin()).collect();
         let head = LmHead::<B>::from_host(vec![1.0; d], 1e-6, w, v, "t", &dev).expect("head");
+        let head = FusedHead::new(&head, Default::default()).expect("fused");
         let cfg = AdapterConfig {
             d,
             vocab: v,
@@ -227,14 +212,20 @@ mod tests {
         plm[11] = 20.0;
         let out = step_output(3, plm, n);
         let pema_choice = argmax_rows(ad.logits(&head, out.context.0.clone()));
-        let mut only_plm =
-            PemaPolicy::new(&ad, &head, Schedule::Constant { lambda: 0.0 }, vec![10.0])
-                .expect("policy");
+        let mut only_plm = PemaPolicy::new(
+            PemaLogits::new(&ad, &head).expect("pema"),
+            Schedule::Constant { lambda: 0.0 },
+            vec![10.0],
+        )
+        .expect("policy");
         assert_eq!(only_plm.next_tokens(&out), vec![5, 5]);
-        let mut only_pema =
-            PemaPolicy::new(&ad, &head, Schedule::Constant { lambda: 1.0 }, vec![10.0])
-                .expect("policy")
-                .with_traces(100);
+        let mut only_pema = PemaPolicy::new(
+            PemaLogits::new(&ad, &head).expect("pema"),
+            Schedule::Constant { lambda: 1.0 },
+            vec![10.0],
+        )
+        .expect("policy")
+        .with_traces(100);
         assert_eq!(only_pema.next_tokens(&out), pema_choice);
         let traces = only_pema.take_traces();
         assert_eq!(traces.len(), 2);
@@ -246,9 +237,13 @@ mod tests {
         );
         assert!(traces.iter().all(|t| (t.p_mix - t.p_pema).abs() < 1e-6));
         // GU past its horizon hands decoding back to the PLM.
-        let mut gu = PemaPolicy::new(&ad, &head, Schedule::gradual_unrolling(0.9), vec![2.0])
-            .expect("policy")
-            .with_traces(0);
+        let mut gu = PemaPolicy::new(
+            PemaLogits::new(&ad, &head).expect("pema"),
+            Schedule::gradual_unrolling(0.9),
+            vec![2.0],
+        )
+        .expect("policy")
+        .with_traces(0);
         assert_eq!(gu.next_tokens(&out), vec![5, 5]);
         let t = gu.take_traces();
         assert!(t.iter().all(|t| t.lambda == 0.0 && t.winner == Winner::Plm));

@@ -4,10 +4,8 @@
 //! constant λ). The paper fixes λmax = 0.9; this is the leak-free way to pick it for an adapter
 //! trained on another budget.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use pema_adapter::PemaAdapter;
-use pema_backbone::LmHead;
+use pema_adapter::{FusedHead, PemaAdapter, PemaLogits};
 use pema_memory::MemorySource;
 use serde::{Deserialize, Serialize};
 
@@ -45,10 +43,16 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
         .unwrap_or_default()
 }
 
+fn hits<B: Backend>(top1: Tensor<B, 1, Int>, y: Tensor<B, 1, Int>) -> usize {
+    host(top1.equal(y).float().sum())
+        .first()
+        .map_or(0, |c| *c as usize)
+}
+
 /// Evaluates every λ in `lambdas` on at most `max_dev` evenly spaced dev entries.
 pub fn tune_lambda<B: Backend>(
     adapter: &PemaAdapter<B>,
-    head: &LmHead<B>,
+    head: &FusedHead<B>,
     dev: &dyn MemorySource,
     lambdas: &[f64],
     max_dev: usize,
@@ -61,29 +65,23 @@ pub fn tune_lambda<B: Backend>(
     let ids = evenly_spaced(dev.len(), max_dev);
     let take = ids.len();
     let d = dev.hidden_size();
-    let device = head.weight.device();
+    let pema = PemaLogits::new(adapter, head)
+        .map_err(|e| ScheduleError::Config(format!("adapter and head: {e}")))?;
     let (mut lm, mut pe) = (Vec::with_capacity(take), Vec::with_capacity(take));
     let (mut lm_hits, mut pe_hits) = (0usize, 0usize);
-    for chunk in ids.chunks(128) {
+    for chunk in ids.chunks(1024) {
         let (mut k, mut v) = (Vec::new(), Vec::new());
         dev.gather(chunk, &mut k, &mut v)
             .map_err(|e| ScheduleError::Config(format!("reading the dev memory: {e}")))?;
         let m = chunk.len();
-        let f = Tensor::<B, 2>::from_data(TensorData::new(k, [m, d]), &device);
-        let y: Vec<i64> = v.iter().map(|&t| i64::from(t)).collect();
-        let y = Tensor::<B, 2, Int>::from_data(TensorData::new(y, [m, 1]), &device);
-        let lp_lm = log_softmax(head.forward(f.clone()), 1);
-        let lp_pe = log_softmax(adapter.logits(head, f), 1);
-        let top = |lp: &Tensor<B, 2>| -> usize {
-            let am = lp.clone().argmax(1);
-            host(am.equal(y.clone()).float().sum())
-                .first()
-                .map_or(0, |c| *c as usize)
-        };
-        lm_hits += top(&lp_lm);
-        pe_hits += top(&lp_pe);
-        lm.extend(host(lp_lm.gather(1, y.clone())));
-        pe.extend(host(lp_pe.gather(1, y)));
+        let f = Tensor::<B, 2>::from_data(TensorData::new(k, [m, d]), &head.device());
+        let y = pema_adapter::head_ce::targets::<B>(&v, &head.device());
+        let plm = head.gold_log_probs(f.clone(), y.clone());
+        let pem = pema.gold_log_probs(f, y.clone());
+        lm_hits += hits(plm.top1, y.clone());
+        pe_hits += hits(pem.top1, y);
+        lm.extend(host(plm.nll));
+        pe.extend(host(pem.nll));
     }
     let grid: Vec<LambdaPoint> = lambdas
         .iter()
@@ -125,7 +123,9 @@ mod tests {
         let dev = Default::default();
         let (d, v) = (4, 6);
         let w: Vec<f32> = (0..v * d).map(|i| ((i as f32) * 0.91).sin()).collect();
-        let head = LmHead::<B>::from_host(vec![1.0; d], 1e-6, w, v, "t", &dev).expect("head");
+        let head = pema_backbone::LmHead::<B>::from_host(vec![1.0; d], 1e-6, w, v, "t", &dev)
+            .expect("head");
+        let head = FusedHead::new(&head, Default::default()).expect("fused");
         let cfg = AdapterConfig {
             d,
             vocab: v,
@@ -137,7 +137,7 @@ mod tests {
         let ad = PemaAdapter::<B>::new(cfg, 1, &dev).expect("adapter");
         let keys: Vec<f32> = (0..8 * d).map(|i| ((i as f32) * 0.37).cos()).collect();
         let f = Tensor::<B, 2>::from_data(TensorData::new(keys.clone(), [8, d]), &dev);
-        let ys: Vec<u32> = pema_backbone::seam::argmax_rows(head.forward(f));
+        let ys: Vec<u32> = pema_backbone::seam::argmax_rows(head.logits(f));
         let mem = InMemory {
             keys,
             values: ys,

@@ -1,0 +1,86 @@
+//! `--head-*` options shared by every command that reads the frozen LM head on the data
+//! owner's side (train, tune-lambda, knn-tune, decode): the blockwise head of
+//! [`pema_adapter::head_ce`].
+
+use pema_adapter::{CePath, FusedHead, HeadCeConfig, HeadPrecision};
+use pema_backbone::LmHead;
+
+/// How the blockwise head evaluates W_hd · norm(h).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HeadArgs {
+    /// Storage precision of W_hd: `f32` (exact) or `f16` (half the memory; backends that
+    /// hold f16 only).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub head_precision: PrecisionArg,
+    /// Cross-entropy algorithm: `auto` (the cheaper exact one), `dense` or `low-rank`.
+    #[arg(long, value_enum, default_value_t = PathArg::Auto)]
+    pub ce_path: PathArg,
+    /// Gradient filtering ε (Cut Cross-Entropy): vocabulary blocks where every |softmax −
+    /// onehot| < ε are skipped in the backward product. Off (exact) by default.
+    #[arg(long)]
+    pub grad_filter: Option<f64>,
+    /// Most logits held at once (rows of a chunk × vocabulary size).
+    #[arg(long, default_value_t = 1 << 22)]
+    pub head_chunk: usize,
+}
+
+/// `--head-precision` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// f32 (exact).
+    F32,
+    /// f16 storage.
+    F16,
+}
+
+/// `--ce-path` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathArg {
+    /// The cheaper exact path.
+    Auto,
+    /// norm(h) · W_hdᵀ.
+    Dense,
+    /// PEMA's rank-r form.
+    LowRank,
+}
+
+impl HeadArgs {
+    /// The configuration these options describe.
+    pub fn config(&self) -> HeadCeConfig {
+        HeadCeConfig {
+            chunk_elems: self.head_chunk,
+            path: match self.ce_path {
+                PathArg::Auto => CePath::Auto,
+                PathArg::Dense => CePath::Dense,
+                PathArg::LowRank => CePath::LowRank,
+            },
+            filter_eps: self.grad_filter,
+            precision: match self.head_precision {
+                PrecisionArg::F32 => HeadPrecision::F32,
+                PrecisionArg::F16 => HeadPrecision::F16,
+            },
+            ..HeadCeConfig::default()
+        }
+    }
+
+    /// The blockwise view of `head` (shares its tensors with f32 storage).
+    pub fn fused<B: burn::tensor::backend::Backend>(
+        &self,
+        head: &LmHead<B>,
+    ) -> anyhow::Result<FusedHead<B>> {
+        Ok(FusedHead::new(head, self.config())?)
+    }
+
+    /// Loads an exported head file into the blockwise head (the f32 copy is dropped when the
+    /// storage is f16, so W_hd is held once).
+    pub fn load<B: burn::tensor::backend::Backend>(
+        &self,
+        path: &std::path::Path,
+        device: &B::Device,
+    ) -> anyhow::Result<FusedHead<B>> {
+        use anyhow::Context;
+        let head = LmHead::<B>::load(path, device)
+            .with_context(|| format!("loading the LM head {}", path.display()))?;
+        Ok(FusedHead::from_head(head, self.config())?)
+    }
+}
