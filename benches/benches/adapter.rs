@@ -5,14 +5,16 @@
 //! - Gemma 3: d = 640, V = 262,144; r ∈ {64, 512}; B ∈ {256, 2,048}
 //! - SmolLM2: d = 576, V = 49,152; r ∈ {64, 512}; B ∈ {256, 2,048}
 //!
-//! Variants: `auto` (the exact path [`CePath::Auto`] picks: low-rank when cheaper), `dense`
-//! (exact, dense path forced), `f16` (W_hd stored in f16) and `filter` (gradient filtering,
-//! ε = 2⁻¹², Cut Cross-Entropy's default); variants other than `auto` run on the Gemma shapes only.
+//! Variants: `cpu` (the host CPU kernel, exact, the path [`CePath::Auto`] picks: low-rank when
+//! cheaper; what `pema train` runs on `--device cpu`), `cpu-dense` (dense path forced),
+//! `tensor` (burn tensor operations, auto path), `f16` (tensor kernel, W_hd stored in f16) and
+//! `filter` (CPU kernel, dense, gradient filtering at ε = 2⁻¹², Cut Cross-Entropy's default);
+//! variants other than `cpu` run on the Gemma shapes only.
 //! `benches/pytorch_train_step.py --shapes issue10` runs PyTorch's dense step at the same shapes
 //! for a ratio measured in one run. Peak memory (VmHWM growth while stepping) is printed before
 //! the criterion runs.
 //!
-//! `PEMA_BENCH_SHAPES=gemma-r64-b256,...` runs a subset; `PEMA_BENCH_VARIANTS=auto,dense`
+//! `PEMA_BENCH_SHAPES=gemma-r64-b256,...` runs a subset; `PEMA_BENCH_VARIANTS=cpu,tensor`
 //! likewise.
 
 // criterion_group! generates an undocumented function.
@@ -25,8 +27,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pema_adapter::{
-    Adam, AdapterConfig, CePath, FusedHead, HeadCeConfig, HeadPrecision, PemaAdapter, Phase,
-    PhasePlan, train_step,
+    Adam, AdapterConfig, CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision, PemaAdapter,
+    Phase, PhasePlan, train_step,
 };
 use pema_backbone::LmHead;
 
@@ -62,7 +64,7 @@ const SHAPES: [Shape; 8] = [
     shape("gemma-r512-b2048", 2048, 640, 512, 262_144),
 ];
 
-const VARIANTS: [&str; 4] = ["auto", "dense", "f16", "filter"];
+const VARIANTS: [&str; 5] = ["cpu", "cpu-dense", "tensor", "f16", "filter"];
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -86,23 +88,27 @@ struct Setup {
 }
 
 fn head_config(variant: &str) -> HeadCeConfig {
-    let base = HeadCeConfig::default();
+    let cpu = HeadCeConfig {
+        kernel: HeadKernel::Cpu,
+        ..HeadCeConfig::default()
+    };
     match variant {
-        "dense" => HeadCeConfig {
+        "cpu-dense" => HeadCeConfig {
             path: CePath::Dense,
-            ..base
+            ..cpu
         },
+        "tensor" => HeadCeConfig::default(),
         "f16" => HeadCeConfig {
             precision: HeadPrecision::F16,
-            ..base
+            ..HeadCeConfig::default()
         },
         // Cut Cross-Entropy's default threshold for its bf16 kernels is 2⁻¹².
         "filter" => HeadCeConfig {
             filter_eps: Some(2f64.powi(-12)),
             path: CePath::Dense,
-            ..base
+            ..cpu
         },
-        _ => base,
+        _ => cpu,
     }
 }
 
@@ -118,6 +124,7 @@ fn setup(s: &Shape, variant: &str) -> Setup {
         rank: s.rank,
         dropout: 0.2,
         kappa: 0.2,
+        form: Default::default(),
     };
     let mut adapter = PemaAdapter::<B>::new(cfg, 0, &dev).expect("adapter");
     adapter.b_rct = Tensor::from_data(
@@ -185,7 +192,7 @@ fn selected() -> Vec<(&'static Shape, &'static str)> {
     let mut out = Vec::new();
     for s in shapes {
         for &v in &variants {
-            if v == "auto" || s.name.starts_with("gemma") {
+            if v == "cpu" || s.name.starts_with("gemma") {
                 out.push((s, v));
             }
         }

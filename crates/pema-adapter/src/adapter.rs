@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AdapterConfig, KeyNorm};
+use crate::config::{AdapterConfig, HpdForm, KeyNorm};
 use crate::error::{AdapterError, Result};
 use crate::head_ce::{CePath, FusedHead};
 
@@ -195,9 +195,23 @@ impl<B: Backend> PemaAdapter<B> {
         x.matmul(self.a.clone()).mul_scalar(self.config.scale())
     }
 
-    /// h_pd = B_pd·z without dropout: the representation decoded by the head at inference.
+    /// h_pd without dropout: the representation decoded by the head at inference (B_pd·z,
+    /// or f + σ ⊙ B_pd·z in the residual form).
     pub fn h_pd(&self, f: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.bottleneck(f, false).matmul(self.b_pd.clone())
+        let z = self.bottleneck(f.clone(), false);
+        self.form_h_pd(f, z)
+    }
+
+    /// h_pd from the key `f` and the bottleneck `z` under the adapter's [`HpdForm`].
+    pub(crate) fn form_h_pd(&self, f: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        let delta = z.matmul(self.b_pd.clone());
+        match self.config.form {
+            HpdForm::Paper => delta,
+            HpdForm::Residual => match &self.key_stats {
+                Some(s) => f + delta * s.std.clone(),
+                None => f + delta,
+            },
+        }
     }
 
     /// PEMA's logits W_hd·norm(h_pd) for `f: [batch, d]` (inference, no dropout):
@@ -222,6 +236,7 @@ impl<B: Backend> PemaAdapter<B> {
         phase: Phase,
         train: bool,
     ) -> Losses<B> {
+        let raw = f.clone();
         let f = self.standardize(f);
         let z = self.project(f.clone(), train);
         let h_rct = z.clone().matmul(self.b_rct.clone());
@@ -236,9 +251,11 @@ impl<B: Backend> PemaAdapter<B> {
         }
         let n = y.dims()[0];
         let grad = self.a.is_require_grad() || self.b_pd.is_require_grad();
-        let h_pd = z.clone().matmul(self.b_pd.clone());
-        let (nll, top1, surrogate) = match head.choose_path(n, Some(self.config.rank), grad) {
+        // The low-rank form exists for the paper's h_pd = B_pd·z only.
+        let rank = (self.config.form == HpdForm::Paper).then_some(self.config.rank);
+        let (nll, top1, surrogate) = match head.choose_path(n, rank, grad) {
             CePath::LowRank => {
+                let h_pd = z.clone().matmul(self.b_pd.clone());
                 // ℓ_i = ρ_i · z_i · (B_pd ⊙ w) · W_hdᵀ.
                 let q = z * head.inverse_rms(h_pd);
                 let bw = self.b_pd.clone() * head.norm_weight().unsqueeze::<2>();
@@ -251,7 +268,7 @@ impl<B: Backend> PemaAdapter<B> {
                 (out.rows.nll, out.rows.top1, s)
             }
             _ => {
-                let normed = head.norm(h_pd);
+                let normed = head.norm(self.form_h_pd(raw, z));
                 let out = head.cross_entropy(normed.clone().detach(), y, grad);
                 let s = out.d_normed.map(|g| (normed * g).sum());
                 (out.rows.nll, out.rows.top1, s)
@@ -459,6 +476,9 @@ pub struct AdapterMeta {
     /// How keys enter the adapter (`none` for artifacts written before it existed).
     #[serde(default)]
     pub key_norm: KeyNorm,
+    /// How h_pd is formed (`paper` for artifacts written before it existed).
+    #[serde(default)]
+    pub form: HpdForm,
     /// Training summary (best steps, losses, configuration).
     pub training: serde_json::Value,
 }
@@ -472,6 +492,7 @@ impl AdapterMeta {
             rank: self.rank,
             dropout: self.dropout,
             kappa: self.kappa,
+            form: self.form,
         }
     }
 }
@@ -560,6 +581,7 @@ mod tests {
             rank: 8,
             dropout: 0.2,
             kappa: 0.2,
+            form: Default::default(),
         };
         let ad = PemaAdapter::<NdArray<f64>>::new(cfg, 7, &dev).expect("adapter");
         let a = host(&ad.a).expect("a");
@@ -577,12 +599,16 @@ mod tests {
     /// through both exact paths of the blockwise head (dense and low-rank), over 2-row chunks.
     #[test]
     fn gradients_match_finite_differences() {
-        for path in [CePath::Dense, CePath::LowRank] {
-            gradients_match_finite_differences_on(path);
+        for (path, form) in [
+            (CePath::Dense, HpdForm::Paper),
+            (CePath::LowRank, HpdForm::Paper),
+            (CePath::Auto, HpdForm::Residual),
+        ] {
+            gradients_match_finite_differences_on(path, form);
         }
     }
 
-    fn gradients_match_finite_differences_on(path: CePath) {
+    fn gradients_match_finite_differences_on(path: CePath, form: HpdForm) {
         let dev = Default::default();
         let (d, r, v, n) = (5, 3, 7, 5);
         let cfg = AdapterConfig {
@@ -591,6 +617,7 @@ mod tests {
             rank: r,
             dropout: 0.2,
             kappa: 0.3,
+            form,
         };
         let head = tiny_head_with::<AD>(d, v, path, &dev);
         let (a, b1, b2) = (pseudo(r * d, 0.1), pseudo(d * r, 0.2), pseudo(d * r, 0.4));
@@ -598,6 +625,11 @@ mod tests {
         let y = vec![1i64, 6, 0, 3, 6];
         let loss_of = |a: &[f32], b1: &[f32], b2: &[f32], grad: bool| {
             let mut ad = PemaAdapter::<AD>::from_paper_layout(cfg, a, b1, b2, &dev);
+            if form == HpdForm::Residual {
+                let (mean, std) = (pseudo(d, 0.6), pseudo(d, 0.8));
+                let std = std.iter().map(|s| 0.5 + s.abs()).collect();
+                ad = ad.with_key_stats(Some(KeyStats::from_host(mean, std, &dev)));
+            }
             if grad {
                 ad.a = ad.a.require_grad();
                 ad.b_rct = ad.b_rct.require_grad();
@@ -646,7 +678,7 @@ mod tests {
                 worst = worst.max(err);
                 assert!(
                     err < 1e-4,
-                    "{path:?} param {which}[{i}]: fd {fd} vs autodiff {an}"
+                    "{path:?} {form:?} param {which}[{i}]: fd {fd} vs autodiff {an}"
                 );
             }
         }
@@ -663,6 +695,30 @@ mod tests {
         out
     }
 
+    /// The residual form starts as the PLM: with B_pd = 0, P_PEMA's logits are W_hd·norm(f).
+    #[test]
+    fn residual_form_starts_as_the_plm() {
+        let dev = Default::default();
+        let (d, v) = (6, 11);
+        let head = tiny_head::<F>(d, v, &dev);
+        let cfg = AdapterConfig {
+            d,
+            vocab: v,
+            rank: 3,
+            dropout: 0.2,
+            kappa: 0.2,
+            form: HpdForm::Residual,
+        };
+        let stats = KeyStats::from_host(vec![0.5; d], vec![2.0; d], &dev);
+        let ad = PemaAdapter::<F>::new(cfg, 9, &dev)
+            .expect("adapter")
+            .with_key_stats(Some(stats));
+        let f = Tensor::<F, 2>::from_data(TensorData::new(pseudo(3 * d, 0.2), [3, d]), &dev);
+        let a = ad.logits(&head, f.clone()).into_data();
+        let b = head.logits(f).into_data();
+        a.assert_approx_eq::<f64>(&b, burn::tensor::Tolerance::absolute(1e-12));
+    }
+
     #[test]
     fn dropout_only_in_training_and_inverted() {
         let dev = Default::default();
@@ -673,6 +729,7 @@ mod tests {
             rank: n,
             dropout: 0.5,
             kappa: 0.2,
+            form: Default::default(),
         };
         let mut ad = PemaAdapter::<NdArray<f64>>::new(cfg, 1, &dev).expect("adapter");
         // A = identity: z = s·dropout(f) element by element.
@@ -718,6 +775,7 @@ mod tests {
             dev_memory_fingerprint: "dm".into(),
             length_ratio: Some(1.1),
             key_norm,
+            form: cfg.form,
             training: serde_json::Value::Null,
         }
     }
@@ -734,6 +792,7 @@ mod tests {
             rank: 4,
             dropout: 0.2,
             kappa: 0.2,
+            form: Default::default(),
         };
         let mut ad = PemaAdapter::<B>::new(cfg, 3, &dev).expect("adapter");
         ad.b_pd = Tensor::from_data(TensorData::new(pseudo(4 * d, 0.5), [4, d]), &dev);
@@ -772,6 +831,7 @@ mod tests {
             rank: 2,
             dropout: 0.0,
             kappa: 0.2,
+            form: Default::default(),
         };
         let stats = KeyStats::<B>::from_host(vec![1.0, -2.0, 1000.0], vec![2.0, 0.5, 100.0], &dev);
         let mut ad = PemaAdapter::<B>::new(cfg, 1, &dev)

@@ -19,6 +19,26 @@ pub struct AdapterConfig {
     pub dropout: f64,
     /// Weight κ of the reconstruction loss in phase 2: L = κ·L_rct + (1−κ)·L_pd (paper: 0.2).
     pub kappa: f64,
+    /// How h_pd is formed: the paper's B_pd·z, or pema's residual extension.
+    #[serde(default)]
+    pub form: HpdForm,
+}
+
+/// How the adapter forms the representation h_pd that the head reads.
+///
+/// The paper: h_pd = B_pd·z, so P_PEMA starts uniform (B_pd = 0) and must rebuild the whole
+/// next-token distribution through a rank-r bottleneck. pema's extension
+/// [`HpdForm::Residual`]: h_pd = f(c) + σ ⊙ B_pd·z (σ the key scale, 1 without key
+/// standardisation), so P_PEMA starts equal to P_LM and training learns the domain's
+/// correction. The data owner holds f(c) and the head, so nothing new is disclosed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HpdForm {
+    /// h_pd = B_pd·z (the paper).
+    #[default]
+    Paper,
+    /// h_pd = f(c) + σ ⊙ B_pd·z (pema extension, labelled in every report).
+    Residual,
 }
 
 impl AdapterConfig {
@@ -31,6 +51,7 @@ impl AdapterConfig {
             rank: 512,
             dropout: 0.2,
             kappa: 0.2,
+            form: Default::default(),
         }
     }
 
@@ -132,6 +153,9 @@ pub struct TrainConfig {
     pub validate_every: u64,
     /// Batch size used to evaluate the dev memory (does not change the result, only memory).
     pub dev_batch_size: usize,
+    /// Validate on at most this many dev entries, evenly spaced (None: all, as the paper).
+    #[serde(default)]
+    pub dev_max_entries: Option<usize>,
     /// Write a `train` log line every this many steps (losses are read from the device then).
     pub log_every: u64,
     /// Seed of initialisation, shuffling and dropout.
@@ -154,6 +178,9 @@ pub struct TrainConfig {
     /// Which parameters each phase trains (paper: two phases).
     #[serde(default)]
     pub plan: PhasePlan,
+    /// How h_pd is formed (paper: B_pd·z).
+    #[serde(default)]
+    pub form: HpdForm,
 }
 
 impl Default for TrainConfig {
@@ -178,6 +205,7 @@ impl Default for TrainConfig {
             epsilon: 1e-8,
             validate_every: 100,
             dev_batch_size: 2_048,
+            dev_max_entries: None,
             log_every: 10,
             seed: 0,
             progress: true,
@@ -186,6 +214,7 @@ impl Default for TrainConfig {
             halt_after_steps: None,
             key_norm: KeyNorm::Standardize,
             plan: PhasePlan::TwoPhase,
+            form: HpdForm::Paper,
         }
     }
 }
@@ -199,6 +228,7 @@ impl TrainConfig {
             rank: self.rank,
             dropout: self.dropout,
             kappa: self.kappa,
+            form: self.form,
         }
     }
 

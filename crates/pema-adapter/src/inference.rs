@@ -14,8 +14,9 @@
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::adapter::PemaAdapter;
+use crate::config::HpdForm;
 use crate::error::{AdapterError, Result};
-use crate::head_ce::{FusedHead, RowCe, chunk_stats};
+use crate::head_ce::{FusedHead, LowRankMatrix, RowCe, chunk_stats};
 
 /// The adapter's next-token distribution, ready for repeated evaluation.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ pub struct PemaLogits<'a, B: Backend> {
     adapter: &'a PemaAdapter<B>,
     head: &'a FusedHead<B>,
     /// Mᵀ = W_hd · (B_pd ⊙ w)ᵀ, `[V, r]`, when the low-rank form is used.
-    mt: Option<Tensor<B, 2>>,
+    mt: Option<LowRankMatrix<B>>,
 }
 
 impl<'a, B: Backend> PemaLogits<'a, B> {
@@ -38,9 +39,10 @@ impl<'a, B: Backend> PemaLogits<'a, B> {
         }
         let r = adapter.config.rank;
         let fits = v * r * 4 <= head.config.low_rank_max_bytes;
-        let mt = (fits && r < d).then(|| {
+        let paper = adapter.config.form == HpdForm::Paper;
+        let mt = (paper && fits && r < d).then(|| {
             let bw = adapter.b_pd.clone() * head.norm_weight().unsqueeze::<2>();
-            head.weight_times(bw.transpose())
+            head.low_rank_matrix(bw)
         });
         Ok(Self { adapter, head, mt })
     }
@@ -53,17 +55,28 @@ impl<'a, B: Backend> PemaLogits<'a, B> {
     /// Logits of P_PEMA for keys `f: [n, d]` (no dropout): `[n, V]`. Meant for decoding
     /// batches; for many rows use [`PemaLogits::gold_log_probs`], which works in chunks.
     pub fn logits(&self, f: Tensor<B, 2>) -> Tensor<B, 2> {
-        let z = self.adapter.bottleneck(f, false);
-        let h = z.clone().matmul(self.adapter.b_pd.clone());
         match &self.mt {
-            Some(mt) => (z * self.head.inverse_rms(h)).matmul(mt.clone().transpose()),
-            None => self.head.logits(h),
+            Some(mt) => {
+                let z = self.adapter.bottleneck(f, false);
+                let h = z.clone().matmul(self.adapter.b_pd.clone());
+                self.head.low_rank_logits(z * self.head.inverse_rms(h), mt)
+            }
+            None => self.head.logits(self.adapter.h_pd(f)),
         }
     }
 
     /// log P_PEMA(y_i | c_i) and argmax of P_PEMA for keys `f: [n, d]`, in row chunks (no
     /// `[n, V]` tensor).
     pub fn gold_log_probs(&self, f: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> RowCe<B> {
+        if let Some(mt) = &self.mt {
+            let z = self.adapter.bottleneck(f, false);
+            let h = z.clone().matmul(self.adapter.b_pd.clone());
+            let rows = self.head.low_rank_rows(z * self.head.inverse_rms(h), mt, y);
+            return RowCe {
+                nll: rows.nll.neg(),
+                top1: rows.top1,
+            };
+        }
         let [n, _] = f.dims();
         let step = self.head.chunk_rows();
         let (mut lp, mut top1) = (Vec::new(), Vec::new());
@@ -127,6 +140,7 @@ mod tests {
             rank: r,
             dropout: 0.1,
             kappa: 0.2,
+            form: Default::default(),
         };
         let mut ad = PemaAdapter::<B>::new(acfg, 5, &dev).expect("adapter");
         ad.b_pd = Tensor::from_data(TensorData::new(pseudo(r * d, 0.9), [r, d]), &dev);

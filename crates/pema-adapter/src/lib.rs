@@ -24,9 +24,11 @@ pub mod train;
 
 pub use adam::Adam;
 pub use adapter::{ADAPTER_FORMAT, AdapterMeta, KeyStats, Losses, PemaAdapter, Phase};
-pub use config::{AdapterConfig, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
+pub use config::{AdapterConfig, HpdForm, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 pub use error::{AdapterError, Result};
-pub use head_ce::{CePath, FusedHead, HeadCeConfig, HeadPrecision, RowCe};
+pub use head_ce::{
+    CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision, LowRankMatrix, RowCe,
+};
 pub use inference::PemaLogits;
 pub use train::{
     DevMetrics, PhaseReport, TrainReport, key_stats_host, key_stats_of, record_validation, train,

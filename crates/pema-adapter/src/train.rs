@@ -291,6 +291,7 @@ pub fn train<B: AutodiffBackend>(
         dev_memory_fingerprint: dev_mem.fingerprint(),
         length_ratio: cfg.length_ratio,
         key_norm: cfg.key_norm,
+        form: cfg.form,
         training: serde_json::json!({
             "config": cfg,
             "memory_entries": train_mem.len(),
@@ -698,18 +699,20 @@ fn evaluate<B: AutodiffBackend>(
     adapter: &PemaAdapter<B::InnerBackend>,
     phase: Phase,
 ) -> Result<DevMetrics> {
-    let n = ctx.dev.len();
+    let all =
+        pema_memory::evenly_spaced(ctx.dev.len(), ctx.cfg.dev_max_entries.unwrap_or(usize::MAX));
+    let n = all.len();
     let bs = ctx.cfg.dev_batch_size;
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     let (mut loss, mut rct, mut pd, mut correct) = (0.0, 0.0, 0.0, 0u64);
     let mut start = 0usize;
     while start < n {
         let end = (start + bs).min(n);
-        let ids: Vec<u64> = (start as u64..end as u64).collect();
+        let ids = &all[start..end];
         let (f, y) = load_batch::<B::InnerBackend>(
             ctx.dev,
             "dev",
-            &ids,
+            ids,
             ctx.head.vocab_size(),
             ctx.device,
             &mut keys,
@@ -903,9 +906,11 @@ fn check_resume(
         || c.validate_every != cfg.validate_every
         || c.key_norm != cfg.key_norm
         || c.plan != cfg.plan
+        || c.form != cfg.form
+        || c.dev_max_entries != cfg.dev_max_entries
     {
         return bad(
-            "rank, dropout, kappa, batch sizes, seed, validate_every, key_norm and plan must \
+            "rank, dropout, kappa, batch sizes, seed, validate_every, key_norm, plan, form and the dev subsample must \
              match the checkpoint \
              (start over without resume to change them)"
                 .into(),

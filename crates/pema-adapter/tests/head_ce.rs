@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
-use pema_adapter::{CePath, FusedHead, HeadCeConfig, HeadPrecision};
+use pema_adapter::{CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision};
 use pema_backbone::LmHead;
 
 type B = NdArray<f32>;
@@ -69,8 +69,16 @@ fn reference(w: &Tensor<B, 2>, x: &Tensor<B, 2>, y: &[i64]) -> (Vec<f32>, Vec<f3
     (host1(nll.inner()), host(g))
 }
 
+const KERNELS: [HeadKernel; 2] = [HeadKernel::Tensor, HeadKernel::Cpu];
+
 #[test]
 fn dense_path_equals_the_dense_reference() {
+    for k in KERNELS {
+        dense_path_equals_the_dense_reference_on(k);
+    }
+}
+
+fn dense_path_equals_the_dense_reference_on(kernel: HeadKernel) {
     let (d, v, n) = (24, 97, 13);
     let head = head_of(d, v, 0.8);
     let h = Tensor::<B, 2>::from_data(
@@ -78,12 +86,18 @@ fn dense_path_equals_the_dense_reference() {
         &Default::default(),
     );
     let y: Vec<i64> = (0..n as i64).map(|i| (i * 37) % v as i64).collect();
-    let fh = fused(&head, 4, |c| c.path = CePath::Dense);
+    let fh = fused(&head, 4, |c| {
+        c.path = CePath::Dense;
+        c.kernel = kernel;
+    });
     let normed = fh.norm(h.clone());
     let out = fh.cross_entropy(normed.clone(), ids(&y), true);
     let (nll_ref, g_ref) = reference(&head.weight, &normed, &y);
     let nll = host1(out.rows.nll);
-    assert!(rel_err(&nll, &nll_ref) < 1e-5, "{nll:?} vs {nll_ref:?}");
+    assert!(
+        rel_err(&nll, &nll_ref) < 1e-5,
+        "{kernel:?}: {nll:?} vs {nll_ref:?}"
+    );
     let g = host(out.d_normed.expect("grad"));
     assert!(rel_err(&g, &g_ref) < 1e-5);
     // top-1 agrees with the argmax of the full logits.
@@ -99,13 +113,22 @@ fn dense_path_equals_the_dense_reference() {
 
 #[test]
 fn low_rank_path_equals_the_dense_reference() {
+    for k in KERNELS {
+        low_rank_path_equals_the_dense_reference_on(k);
+    }
+}
+
+fn low_rank_path_equals_the_dense_reference_on(kernel: HeadKernel) {
     let (d, v, n, r) = (24, 97, 11, 5);
     let head = head_of(d, v, 0.8);
     let dev = Default::default();
     let q = Tensor::<B, 2>::from_data(TensorData::new(pseudo(n * r, 0.2), [n, r]), &dev);
     let bw = Tensor::<B, 2>::from_data(TensorData::new(pseudo(r * d, 0.6), [r, d]), &dev);
     let y: Vec<i64> = (0..n as i64).map(|i| (i * 13 + 5) % v as i64).collect();
-    let fh = fused(&head, 3, |c| c.path = CePath::LowRank);
+    let fh = fused(&head, 3, |c| {
+        c.path = CePath::LowRank;
+        c.kernel = kernel;
+    });
     assert_eq!(fh.choose_path(n, Some(r), true), CePath::LowRank);
     let out = fh.cross_entropy_low_rank(q.clone(), bw.clone(), ids(&y), true);
 
@@ -140,6 +163,12 @@ fn auto_path_picks_low_rank_only_when_cheaper_and_within_memory() {
 
 #[test]
 fn gradient_filtering_keeps_the_loss_and_bounds_the_gradient_change() {
+    for k in KERNELS {
+        gradient_filtering_on(k);
+    }
+}
+
+fn gradient_filtering_on(kernel: HeadKernel) {
     let (d, v, n) = (16, 300, 9);
     // A peaked head: most vocabulary blocks carry tiny probabilities.
     let head = head_of(d, v, 4.0);
@@ -148,7 +177,10 @@ fn gradient_filtering_keeps_the_loss_and_bounds_the_gradient_change() {
         &Default::default(),
     );
     let y: Vec<i64> = (0..n as i64).map(|i| (i * 31) % v as i64).collect();
-    let exact = fused(&head, 4, |c| c.path = CePath::Dense);
+    let exact = fused(&head, 4, |c| {
+        c.path = CePath::Dense;
+        c.kernel = kernel;
+    });
     let normed = exact.norm(h);
     let e = exact.cross_entropy(normed.clone(), ids(&y), true);
     let g_exact = host(e.d_normed.expect("g"));
@@ -156,6 +188,7 @@ fn gradient_filtering_keeps_the_loss_and_bounds_the_gradient_change() {
     let none = fused(&head, 4, |c| {
         c.filter_eps = Some(1e-30);
         c.filter_block = 32;
+        c.kernel = kernel;
     });
     let g_none = host(
         none.cross_entropy(normed.clone(), ids(&y), true)
@@ -168,9 +201,10 @@ fn gradient_filtering_keeps_the_loss_and_bounds_the_gradient_change() {
     let filt = fused(&head, 4, |c| {
         c.filter_eps = Some(eps);
         c.filter_block = 32;
+        c.kernel = kernel;
     });
     let f = filt.cross_entropy(normed, ids(&y), true);
-    assert_eq!(host1(f.rows.nll), host1(e.rows.nll));
+    assert!(rel_err(&host1(f.rows.nll), &host1(e.rows.nll)) < 1e-6);
     let g_filt = host(f.d_normed.expect("g"));
     let w = host(head.weight.clone());
     let bound: f32 = (0..d)
@@ -227,7 +261,10 @@ fn f16_storage_stays_close_to_f32() {
 }
 
 /// Real Gemma 3: f(c) at every position of a 3-shot prompt and its continuation, the gold next
-/// tokens as values; blockwise NLL and gradient against the dense reference.
+/// tokens as values. Gemma's logits cancel heavily (normed rows with one huge dimension), so
+/// any f32 evaluation is ~10⁻⁴ (relative) away from exact arithmetic; the bound is therefore
+/// set against an f64 evaluation: each kernel must be at least as close to it as the dense f32
+/// reference (today's path) is, and the tensor kernel must equal that reference within 1e-5.
 #[test]
 fn real_gemma_batch_matches_the_dense_reference() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/gemma-3-270m");
@@ -253,16 +290,144 @@ fn real_gemma_batch_matches_the_dense_reference() {
     let head = m.model.head.clone();
     let fh = FusedHead::new(&head, HeadCeConfig::default()).expect("fused");
     let normed = fh.norm(h);
-    let out = fh.cross_entropy(normed.clone(), ids(&y), true);
     let (nll_ref, g_ref) = reference(&head.weight, &normed, &y);
-    let nll = host1(out.rows.nll);
-    let mean = nll.iter().sum::<f32>() / nll.len() as f32;
-    let mean_ref = nll_ref.iter().sum::<f32>() / nll_ref.len() as f32;
+    let (nll64, g64) = exact_f64(&host(normed.clone()), &host(head.weight.clone()), d, &y);
+    let ref_err = (max_abs_err(&nll_ref, &nll64), rel_err64(&g_ref, &g64));
     eprintln!(
-        "gemma batch: {} rows, mean NLL blockwise {mean:.6} dense {mean_ref:.6}",
-        nll.len()
+        "gemma batch: {} rows; dense f32 reference vs f64: |Δnll| {:.2e}, ∂ rel {:.2e}",
+        y.len(),
+        ref_err.0,
+        ref_err.1
     );
-    assert!(((mean - mean_ref) / mean_ref).abs() < 1e-5);
-    assert!(rel_err(&nll, &nll_ref) < 1e-5);
-    assert!(rel_err(&host(out.d_normed.expect("g")), &g_ref) < 1e-5);
+    for kernel in KERNELS {
+        let cfg = HeadCeConfig {
+            kernel,
+            ..HeadCeConfig::default()
+        };
+        let fh = FusedHead::new(&head, cfg).expect("fused");
+        let out = fh.cross_entropy(normed.clone(), ids(&y), true);
+        let nll = host1(out.rows.nll);
+        let g = host(out.d_normed.expect("g"));
+        let err = (max_abs_err(&nll, &nll64), rel_err64(&g, &g64));
+        eprintln!(
+            "gemma batch, {kernel:?} kernel vs f64: |Δnll| {:.2e}, ∂ rel {:.2e}; vs the f32 \
+             reference: nll rel {:.2e}, ∂ rel {:.2e}",
+            err.0,
+            err.1,
+            rel_err(&nll, &nll_ref),
+            rel_err(&g, &g_ref)
+        );
+        assert!(err.0 <= 1.5 * ref_err.0 + 1e-6 && err.1 <= 1.5 * ref_err.1 + 1e-7);
+        if kernel == HeadKernel::Tensor {
+            assert!(rel_err(&nll, &nll_ref) < 1e-5 && rel_err(&g, &g_ref) < 1e-5);
+        }
+    }
+}
+
+/// Per-row NLL and ∂(Σ nll)/∂x in f64 arithmetic (rows in parallel).
+fn exact_f64(x: &[f32], w: &[f32], d: usize, y: &[i64]) -> (Vec<f64>, Vec<f64>) {
+    use rayon::prelude::*;
+    let rows: Vec<(f64, Vec<f64>)> = (0..y.len())
+        .into_par_iter()
+        .map(|i| {
+            let xi = &x[i * d..(i + 1) * d];
+            let l: Vec<f64> = w
+                .chunks_exact(d)
+                .map(|wr| wr.iter().zip(xi).map(|(a, b)| *a as f64 * *b as f64).sum())
+                .collect();
+            let m = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = l.iter().map(|a| (a - m).exp()).sum();
+            let mut g = vec![0f64; d];
+            for (j, wr) in w.chunks_exact(d).enumerate() {
+                let p = (l[j] - m).exp() / s - if j as i64 == y[i] { 1.0 } else { 0.0 };
+                if p.abs() > 1e-13 {
+                    for (gk, wk) in g.iter_mut().zip(wr) {
+                        *gk += p * *wk as f64;
+                    }
+                }
+            }
+            (m + s.ln() - l[y[i] as usize], g)
+        })
+        .collect();
+    let nll = rows.iter().map(|r| r.0).collect();
+    let g = rows.into_iter().flat_map(|r| r.1).collect();
+    (nll, g)
+}
+
+fn max_abs_err(a: &[f32], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()))
+}
+
+fn rel_err64(a: &[f32], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()))
+        / scale
+}
+
+/// Training through the CPU kernel gives the same loss and adapter gradients as the tensor
+/// kernel (whose gradients are checked against finite differences in f64 in adapter.rs), on
+/// both paths.
+#[test]
+fn adapter_gradients_agree_across_kernels() {
+    use pema_adapter::{AdapterConfig, PemaAdapter, Phase};
+    let (d, v, n, r) = (16, 57, 9, 4);
+    let dev = Default::default();
+    let head = head_of(d, v, 0.9);
+    let cfg = AdapterConfig {
+        d,
+        vocab: v,
+        rank: r,
+        dropout: 0.0,
+        kappa: 0.3,
+        form: Default::default(),
+    };
+    let f = Tensor::<AD, 2>::from_data(TensorData::new(pseudo(n * d, 0.5), [n, d]), &dev);
+    let y: Vec<i64> = (0..n as i64).map(|i| (i * 11) % v as i64).collect();
+    let y = Tensor::<AD, 1, Int>::from_data(TensorData::new(y, [n]), &dev);
+    let run = |kernel, path| {
+        let fh = fused(&head, 2, |c| {
+            c.kernel = kernel;
+            c.path = path;
+        })
+        .lift::<AD>();
+        let mut ad = PemaAdapter::<AD>::new(cfg, 3, &dev).expect("adapter");
+        ad.b_pd = Tensor::from_data(TensorData::new(pseudo(r * d, 0.8), [r, d]), &dev);
+        ad.a = ad.a.require_grad();
+        ad.b_pd = ad.b_pd.require_grad();
+        let l = ad.losses(&fh, f.clone(), y.clone(), Phase::Prediction, false);
+        let grads = l.total.backward();
+        let ga =
+            ad.a.grad(&grads)
+                .expect("a")
+                .into_data()
+                .into_vec::<f32>()
+                .expect("f32");
+        let gb = ad
+            .b_pd
+            .grad(&grads)
+            .expect("b")
+            .into_data()
+            .into_vec::<f32>()
+            .expect("f32");
+        (host1(l.total.inner()), ga, gb)
+    };
+    for path in [CePath::Dense, CePath::LowRank] {
+        let (lt, at, bt) = run(HeadKernel::Tensor, path);
+        let (lc, ac, bc) = run(HeadKernel::Cpu, path);
+        assert!(rel_err(&lc, &lt) < 1e-5, "{path:?}");
+        assert!(
+            rel_err(&ac, &at) < 1e-4,
+            "{path:?} A: {}",
+            rel_err(&ac, &at)
+        );
+        assert!(
+            rel_err(&bc, &bt) < 1e-4,
+            "{path:?} B_pd: {}",
+            rel_err(&bc, &bt)
+        );
+    }
 }

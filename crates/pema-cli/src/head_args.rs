@@ -2,7 +2,7 @@
 //! owner's side (train, tune-lambda, knn-tune, decode): the blockwise head of
 //! [`pema_adapter::head_ce`].
 
-use pema_adapter::{CePath, FusedHead, HeadCeConfig, HeadPrecision};
+use pema_adapter::{CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision};
 use pema_backbone::LmHead;
 
 /// How the blockwise head evaluates W_hd · norm(h).
@@ -20,8 +20,22 @@ pub struct HeadArgs {
     #[arg(long)]
     pub grad_filter: Option<f64>,
     /// Most logits held at once (rows of a chunk × vocabulary size).
-    #[arg(long, default_value_t = 1 << 22)]
+    #[arg(long, default_value_t = 1 << 24)]
     pub head_chunk: usize,
+    /// Implementation: `cpu` (host kernel: AVX-512/AVX2 products, fused softmax; the default
+    /// on `--device cpu` for training and dev scoring), `tensor` (burn operations on the
+    /// device; the default on GPUs and for decoding, where it shares the model's W_hd).
+    #[arg(long, value_enum)]
+    pub head_kernel: Option<KernelArg>,
+}
+
+/// `--head-kernel` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelArg {
+    /// Host CPU kernel.
+    Cpu,
+    /// burn tensor operations.
+    Tensor,
 }
 
 /// `--head-precision` values.
@@ -45,9 +59,17 @@ pub enum PathArg {
 }
 
 impl HeadArgs {
-    /// The configuration these options describe.
-    pub fn config(&self) -> HeadCeConfig {
+    /// The configuration these options describe; `cpu_default` is the kernel used when
+    /// `--head-kernel` is not given (true: the host CPU kernel).
+    pub fn config(&self, cpu_default: bool) -> HeadCeConfig {
+        let kernel = match self.head_kernel {
+            Some(KernelArg::Cpu) => HeadKernel::Cpu,
+            Some(KernelArg::Tensor) => HeadKernel::Tensor,
+            None if cpu_default && self.head_precision == PrecisionArg::F32 => HeadKernel::Cpu,
+            None => HeadKernel::Tensor,
+        };
         HeadCeConfig {
+            kernel,
             chunk_elems: self.head_chunk,
             path: match self.ce_path {
                 PathArg::Auto => CePath::Auto,
@@ -63,12 +85,13 @@ impl HeadArgs {
         }
     }
 
-    /// The blockwise view of `head` (shares its tensors with f32 storage).
+    /// The blockwise view of a model's head for decoding: the tensor kernel unless
+    /// `--head-kernel cpu` (it shares the model's W_hd instead of copying it).
     pub fn fused<B: burn::tensor::backend::Backend>(
         &self,
         head: &LmHead<B>,
     ) -> anyhow::Result<FusedHead<B>> {
-        Ok(FusedHead::new(head, self.config())?)
+        Ok(FusedHead::new(head, self.config(false))?)
     }
 
     /// Loads an exported head file into the blockwise head (the f32 copy is dropped when the
@@ -77,10 +100,11 @@ impl HeadArgs {
         &self,
         path: &std::path::Path,
         device: &B::Device,
+        on_cpu: bool,
     ) -> anyhow::Result<FusedHead<B>> {
         use anyhow::Context;
         let head = LmHead::<B>::load(path, device)
             .with_context(|| format!("loading the LM head {}", path.display()))?;
-        Ok(FusedHead::from_head(head, self.config())?)
+        Ok(FusedHead::from_head(head, self.config(on_cpu))?)
     }
 }

@@ -92,7 +92,8 @@ pub fn read_params(path: &Path) -> Result<KnnLmParams> {
 
 /// Runs `pema knn-tune` on backend `B`.
 pub fn run<B: Backend>(args: &KnnTuneArgs, device: &B::Device) -> Result<KnnTuneReport> {
-    let head = args.head_opts.load::<B>(&args.head, device)?;
+    let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
+    let head = args.head_opts.load::<B>(&args.head, device, on_cpu)?;
     let ds = Datastore::open(&args.memory)?;
     let keys = ds.standardized()?;
     let idx = index::<B>(&keys, device)?;

@@ -162,7 +162,7 @@ impl BackendTask for &NllArgs {
 impl BackendTask for &TrainCli {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        train_cmd::run::<B>(&self.args, &device)
+        train_cmd::run::<B>(&self.args, &device, self.device == DeviceArg::Cpu)
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
-use pema_adapter::{KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
+use pema_adapter::{HpdForm, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 use pema_memory::{MemorySource, MemoryStore};
 
 /// Arguments of `pema train`.
@@ -61,6 +61,9 @@ pub struct TrainArgs {
     /// the logits held at once whatever the batch, see `--head-chunk`).
     #[arg(long, default_value_t = 2_048)]
     pub dev_batch: usize,
+    /// Validate on at most this many dev entries, evenly spaced (default: all, as the paper).
+    #[arg(long)]
+    pub dev_max: Option<usize>,
     /// Seed of initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -85,8 +88,21 @@ pub struct TrainArgs {
     /// phase 1's frozen A₁).
     #[arg(long, value_enum, default_value_t = PlanArg::TwoPhase)]
     pub plan: PlanArg,
+    /// How h_pd is formed: `paper` (B_pd·z) or `residual` (pema extension: f(c) + σ ⊙ B_pd·z,
+    /// so P_PEMA starts as P_LM and learns the domain's correction).
+    #[arg(long, value_enum, default_value_t = FormArg::Paper)]
+    pub form: FormArg,
     #[command(flatten)]
     pub head_opts: crate::head_args::HeadArgs,
+}
+
+/// `--form` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormArg {
+    /// h_pd = B_pd·z (the paper).
+    Paper,
+    /// h_pd = f(c) + σ ⊙ B_pd·z (pema extension).
+    Residual,
 }
 
 /// `--key-norm` values.
@@ -130,6 +146,7 @@ impl TrainArgs {
             epsilon: self.adam_eps,
             validate_every: self.validate_every,
             dev_batch_size: self.dev_batch,
+            dev_max_entries: self.dev_max,
             seed: self.seed,
             progress: !self.no_progress,
             resume: !self.no_resume,
@@ -138,6 +155,10 @@ impl TrainArgs {
             key_norm: match self.key_norm {
                 KeyNormArg::Standardize => KeyNorm::Standardize,
                 KeyNormArg::None => KeyNorm::None,
+            },
+            form: match self.form {
+                FormArg::Paper => HpdForm::Paper,
+                FormArg::Residual => HpdForm::Residual,
             },
             plan: match self.plan {
                 PlanArg::TwoPhase => PhasePlan::TwoPhase,
@@ -149,9 +170,16 @@ impl TrainArgs {
     }
 }
 
-/// Runs `pema train` on the autodiff backend `B` (validation runs on its inner backend).
-pub fn run<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<()> {
-    let head = args.head_opts.load::<B::InnerBackend>(&args.head, device)?;
+/// Runs `pema train` on the autodiff backend `B` (validation runs on its inner backend);
+/// `on_cpu` selects the host CPU head kernel unless `--head-kernel` says otherwise.
+pub fn run<B: AutodiffBackend>(
+    args: &TrainArgs,
+    device: &B::Device,
+    on_cpu: bool,
+) -> anyhow::Result<()> {
+    let head = args
+        .head_opts
+        .load::<B::InnerBackend>(&args.head, device, on_cpu)?;
     let train_mem = MemoryStore::open(&args.memory)
         .with_context(|| format!("opening the training memory {}", args.memory.display()))?;
     let dev_mem = MemoryStore::open(&args.dev_memory)
@@ -252,7 +280,8 @@ pub fn tune_lambda<B: burn::tensor::backend::Backend>(
     args: &TuneLambdaArgs,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let head = args.head_opts.load::<B>(&args.head, device)?;
+    let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
+    let head = args.head_opts.load::<B>(&args.head, device, on_cpu)?;
     let (adapter, _) = pema_adapter::PemaAdapter::<B>::load(&args.adapter, &head, device)
         .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
     let dev = MemoryStore::open(&args.dev_memory)

@@ -38,6 +38,13 @@ pub use template::PromptTemplate;
 pub use verify::{Problem, VerifyReport, verify};
 pub use writer::{MemoryWriter, Provenance, ShardData};
 
+/// At most `max` entry ids spread evenly over `0..n` (all of them when `n ≤ max`): the dev
+/// subsample used by validation and by λ/kNN tuning when a dev memory is larger than a budget.
+pub fn evenly_spaced(n: usize, max: usize) -> Vec<u64> {
+    let take = n.min(max.max(1));
+    (0..take).map(|i| (i * n / take) as u64).collect()
+}
+
 /// Random access to the (key, value) entries of an external memory: what training reads.
 pub trait MemorySource {
     /// Number of entries N.

@@ -239,11 +239,7 @@ impl<B: Backend> StepPolicy<B> for KnnLmPolicy<'_, B> {
     }
 }
 
-/// At most `max` entry ids spread evenly over `0..n` (all of them when `n ≤ max`).
-pub(crate) fn evenly_spaced(n: usize, max: usize) -> Vec<u64> {
-    let take = n.min(max.max(1));
-    (0..take).map(|i| (i * n / take) as u64).collect()
-}
+pub(crate) use pema_memory::evenly_spaced;
 
 /// One point of the dev grid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -182,6 +182,7 @@ mod tests {
             rank: r,
             dropout: 0.2,
             kappa: 0.2,
+            form: Default::default(),
         };
         let mut ad = PemaAdapter::<B>::new(cfg, 5, &dev).expect("adapter");
         let bpd: Vec<f32> = (0..r * d)

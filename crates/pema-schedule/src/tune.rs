@@ -132,6 +132,7 @@ mod tests {
             rank: 2,
             dropout: 0.0,
             kappa: 0.2,
+            form: Default::default(),
         };
         // B_pd = 0: P_PEMA is uniform, which cannot beat the PLM on its own argmax tokens.
         let ad = PemaAdapter::<B>::new(cfg, 1, &dev).expect("adapter");

@@ -1,0 +1,432 @@
+//! The blockwise head on the host CPU: the same algorithm as the tensor path
+//! ([`super::tensor`]), with the two products done by the `gemm` crate (AVX-512 or AVX2 chosen
+//! at run time) and the softmax of a row chunk fused into two vectorised passes over a reused
+//! buffer, instead of one tensor allocation per elementwise operation.
+//!
+//! A row chunk of c rows: ℓ = X_c · Wᵀ into the buffer (`[c, V]`); per row, pass 1 finds the
+//! maximum m and the argmax, pass 2 writes e = exp(ℓ − m) and sums it (s); the NLL is
+//! m + ln s − ℓ_y; with the gradient, pass 3 scales e by 1/s and subtracts 1 at y, giving
+//! G = softmax − onehot in place, and ∂X_c = G · W. W is `[V, k]` row-major: W_hd for the dense
+//! path (k = d), Mᵀ for the low-rank one (k = r).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A row-major matrix on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostMat<'a> {
+    /// Values, `rows × cols`.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+}
+
+/// Per-row results and the optional gradient of Σ nll with respect to X.
+#[derive(Debug, Clone, Default)]
+pub struct HostCe {
+    /// −log P(y_i), one per row.
+    pub nll: Vec<f32>,
+    /// argmax per row.
+    pub top1: Vec<u32>,
+    /// ∂(Σ nll)/∂X, `[n, k]` (with the gradient).
+    pub dx: Option<Vec<f32>>,
+    /// ∂(Σ nll)/∂W restricted to what the low-rank path needs: Xᵀ·G, `[k, V]` (when asked).
+    pub dw_t: Option<Vec<f32>>,
+}
+
+fn par() -> Parallelism {
+    Parallelism::Rayon(0)
+}
+
+/// dst `[m, n]` = (acc ? dst : 0) + lhs · rhs, with explicit strides (row stride, col stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+    acc: bool,
+) {
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let max_off = |(s, rs, cs): (&[f32], isize, isize), r: usize, c: usize| {
+        let last = (r as isize - 1) * rs + (c as isize - 1) * cs;
+        assert!(
+            rs >= 0 && cs >= 0 && (last as usize) < s.len(),
+            "gemm operand out of range"
+        );
+    };
+    max_off(lhs, m, k);
+    max_off(rhs, k, n);
+    // SAFETY: every index the product reads is inside the slices (checked above: strides are
+    // non-negative and the last element of each operand is in range), dst holds m·n values
+    // written with row stride n, and no operand aliases dst (they are distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.0.as_ptr(),
+            lhs.2,
+            lhs.1,
+            rhs.0.as_ptr(),
+            rhs.2,
+            rhs.1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par(),
+        );
+    }
+}
+
+/// `x · wᵀ` for x `[m, k]`, w `[n, k]` → `[m, n]`.
+pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
+    assert_eq!(x.cols, w.cols);
+    let k = x.cols;
+    gemm_into(
+        out,
+        x.rows,
+        w.rows,
+        k,
+        (x.data, k as isize, 1),
+        (w.data, 1, k as isize),
+        false,
+    );
+}
+
+/// `out (+)= g · w` for g `[m, v]` (row stride `g_rs`, first column `g_off`), w `[v, k]`.
+fn matmul_nn_acc(
+    g: &[f32],
+    g_rs: usize,
+    m: usize,
+    w: &[f32],
+    v: usize,
+    k: usize,
+    out: &mut [f32],
+    acc: bool,
+) {
+    gemm_into(out, m, k, v, (g, g_rs as isize, 1), (w, k as isize, 1), acc);
+}
+
+/// `w · xᵀ` for w `[n, k]`, x `[m, k]` → `[n, m]` (e.g. Mᵀ = W_hd · B_wᵀ).
+pub fn matmul_w_xt(w: HostMat<'_>, x: HostMat<'_>, out: &mut [f32]) {
+    assert_eq!(x.cols, w.cols);
+    let k = x.cols;
+    gemm_into(
+        out,
+        w.rows,
+        x.rows,
+        k,
+        (w.data, k as isize, 1),
+        (x.data, 1, k as isize),
+        false,
+    );
+}
+
+/// `a · w` for a `[m, v]`, w `[v, k]` → `[m, k]` (e.g. ∂B_w = ∂M · W_hd).
+pub fn matmul_nn(a: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
+    assert_eq!(a.cols, w.rows);
+    matmul_nn_acc(a.data, a.cols, a.rows, w.data, w.rows, w.cols, out, false);
+}
+
+/// Blockwise cross-entropy of rows `x: [n, k]` against `w: [V, k]` (ℓ = x · wᵀ) for targets
+/// `y`, in row chunks of `chunk_rows`. With `grad`, also ∂(Σ nll)/∂x; with `want_dw_t`,
+/// xᵀ·G `[k, V]` (the low-rank path's ∂M). `filter`: (ε, block) of gradient filtering.
+pub fn cross_entropy(
+    x: HostMat<'_>,
+    w: HostMat<'_>,
+    y: &[u32],
+    chunk_rows: usize,
+    grad: bool,
+    want_dw_t: bool,
+    filter: Option<(f32, usize)>,
+) -> HostCe {
+    let (n, k, v) = (x.rows, x.cols, w.rows);
+    assert_eq!(w.cols, k);
+    assert_eq!(y.len(), n);
+    let step = chunk_rows.clamp(1, n.max(1));
+    let mut buf = vec![0f32; step * v];
+    let mut out = HostCe {
+        nll: Vec::with_capacity(n),
+        top1: Vec::with_capacity(n),
+        dx: grad.then(|| vec![0f32; n * k]),
+        dw_t: (grad && want_dw_t).then(|| vec![0f32; k * v]),
+    };
+    let mut s = 0;
+    while s < n {
+        let c = step.min(n - s);
+        let xc = HostMat {
+            data: &x.data[s * k..(s + c) * k],
+            rows: c,
+            cols: k,
+        };
+        let logits = &mut buf[..c * v];
+        matmul_nt(xc, w, logits);
+        let ys = &y[s..s + c];
+        let rows: Vec<(f32, u32)> = logits
+            .par_chunks_mut(v)
+            .zip(ys.par_iter())
+            .map(|(row, &t)| softmax_row(row, t as usize, grad))
+            .collect();
+        for (nll, top) in rows {
+            out.nll.push(nll);
+            out.top1.push(top);
+        }
+        if let Some(dx) = out.dx.as_mut() {
+            let dxc = &mut dx[s * k..(s + c) * k];
+            backward_product(logits, c, w, dxc, filter);
+        }
+        if let Some(dwt) = out.dw_t.as_mut() {
+            // ∂Mᵀ-shaped accumulation: dw_t [k, V] += x_cᵀ · G.
+            gemm_into(
+                dwt,
+                k,
+                v,
+                c,
+                (xc.data, 1, k as isize),
+                (logits, v as isize, 1),
+                true,
+            );
+        }
+        s += c;
+    }
+    out
+}
+
+/// ∂X_c = G · W, skipping vocabulary blocks whose |G| stays below ε (when filtering).
+fn backward_product(
+    g: &[f32],
+    c: usize,
+    w: HostMat<'_>,
+    dx: &mut [f32],
+    filter: Option<(f32, usize)>,
+) {
+    let (v, k) = (w.rows, w.cols);
+    let Some((eps, bw)) = filter else {
+        matmul_nn_acc(g, v, c, w.data, v, k, dx, false);
+        return;
+    };
+    let bw = bw.clamp(1, v);
+    dx.fill(0.0);
+    let mut start = 0;
+    while start < v {
+        let len = bw.min(v - start);
+        let active = (0..c).any(|i| {
+            g[i * v + start..i * v + start + len]
+                .iter()
+                .any(|x| x.abs() >= eps)
+        });
+        if active {
+            let wb = &w.data[start * k..(start + len) * k];
+            matmul_nn_acc(&g[start..], v, c, wb, len, k, dx, true);
+        }
+        start += len;
+    }
+}
+
+/// One row of logits: returns (nll of `target`, argmax); with `grad` the row becomes
+/// softmax − onehot(target).
+fn softmax_row(row: &mut [f32], target: usize, grad: bool) -> (f32, u32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { softmax_row_avx512(row, target, grad) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { softmax_row_avx2(row, target, grad) };
+    }
+    softmax_row_generic(row, target, grad)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_row_avx512(row: &mut [f32], target: usize, grad: bool) -> (f32, u32) {
+    softmax_row_generic(row, target, grad)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_row_avx2(row: &mut [f32], target: usize, grad: bool) -> (f32, u32) {
+    softmax_row_generic(row, target, grad)
+}
+
+const LANES: usize = 16;
+
+/// Written so that the compiler vectorises every loop (fixed-width lane accumulators, no
+/// branches): it is compiled once per instruction set by the wrappers above.
+#[inline(always)]
+fn softmax_row_generic(row: &mut [f32], target: usize, grad: bool) -> (f32, u32) {
+    let gold = row[target];
+    // Pass 1: maximum (NaN-free inputs assumed; a NaN logit gives a NaN loss, reported above).
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            mx[l] = mx[l].max(ch[l]);
+        }
+    }
+    let mut m = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in chunks.remainder() {
+        m = m.max(x);
+    }
+    let top = row.iter().position(|&x| x == m).unwrap_or(0) as u32;
+    // Pass 2: e = exp(ℓ − m), Σ e.
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            let e = exp_neg(ch[l] - m);
+            ch[l] = e;
+            acc[l] += e;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for x in chunks.into_remainder() {
+        let e = exp_neg(*x - m);
+        *x = e;
+        sum += e;
+    }
+    let nll = m + sum.ln() - gold;
+    if grad {
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+        row[target] -= 1.0;
+    }
+    (nll, top)
+}
+
+/// exp(x) for x ≤ 0 (and small positive x), branch-free: 2ⁿ·e^r with n = round(x·log₂e) and
+/// |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 2·10⁻⁷), 2ⁿ built in
+/// the exponent bits. Inputs below −87 flush to exp(−87) ≈ 1.6·10⁻³⁸ (negligible in a sum ≥ 1).
+#[inline(always)]
+pub(crate) fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const SHIFT: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let t = x.mul_add(LOG2E, SHIFT);
+    let n = t - SHIFT;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 87.5 * i as f64 / 200_000.0;
+            let got = exp_neg(x as f32) as f64;
+            let want = (x as f32 as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    fn naive(
+        x: &[f32],
+        n: usize,
+        k: usize,
+        w: &[f32],
+        v: usize,
+        y: &[u32],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut nll = Vec::new();
+        let mut dx = vec![0f64; n * k];
+        for i in 0..n {
+            let l: Vec<f64> = (0..v)
+                .map(|j| {
+                    (0..k)
+                        .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                        .sum()
+                })
+                .collect();
+            let m = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = l.iter().map(|a| (a - m).exp()).sum();
+            nll.push(m + s.ln() - l[y[i] as usize]);
+            for j in 0..v {
+                let g = (l[j] - m).exp() / s - if j == y[i] as usize { 1.0 } else { 0.0 };
+                for t in 0..k {
+                    dx[i * k + t] += g * w[j * k + t] as f64;
+                }
+            }
+        }
+        (nll, dx)
+    }
+
+    #[test]
+    fn host_cross_entropy_matches_a_naive_f64_reference() {
+        let (n, k, v) = (7, 19, 133);
+        let x: Vec<f32> = (0..n * k)
+            .map(|i| ((i as f32) * 0.37).sin() * 2.0)
+            .collect();
+        let w: Vec<f32> = (0..v * k).map(|i| ((i as f32) * 0.71).cos()).collect();
+        let y: Vec<u32> = (0..n as u32).map(|i| (i * 29) % v as u32).collect();
+        let (nll_ref, dx_ref) = naive(&x, n, k, &w, v, &y);
+        for chunk in [1, 3, 7] {
+            let out = cross_entropy(
+                HostMat {
+                    data: &x,
+                    rows: n,
+                    cols: k,
+                },
+                HostMat {
+                    data: &w,
+                    rows: v,
+                    cols: k,
+                },
+                &y,
+                chunk,
+                true,
+                false,
+                None,
+            );
+            for (a, b) in out.nll.iter().zip(&nll_ref) {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5 * b.abs().max(1.0),
+                    "{a} vs {b}"
+                );
+            }
+            let dx = out.dx.expect("dx");
+            let scale = dx_ref.iter().fold(0f64, |m, a| m.max(a.abs()));
+            for (a, b) in dx.iter().zip(&dx_ref) {
+                assert!((*a as f64 - b).abs() < 1e-5 * scale);
+            }
+        }
+    }
+}

@@ -1,0 +1,663 @@
+//! Cross-entropy through the frozen LM head, computed blockwise: no caller ever holds the
+//! `[batch, V]` logits of a whole batch.
+//!
+//! PEMA's prediction loss (paper §3) is
+//!
+//! ```text
+//! L_pd = (1/n) Σ_i [ lse_v(ℓ_iv) − ℓ_{i,y_i} ],   ℓ = W_hd · norm(h_pd)
+//! ```
+//!
+//! with a frozen `W_hd ∈ R^{V×d}` (Gemma 3: V = 262,144). [`FusedHead`] evaluates it over row
+//! chunks of at most [`HeadCeConfig::chunk_elems`] logits (one chunk's logits are the only
+//! `[rows, V]` tensor alive), and computes the gradient in the same pass, as Liger-Kernel's fused
+//! linear cross-entropy does: for a chunk, G = softmax(ℓ) − onehot(y) and
+//! `∂(Σ nll)/∂norm(h) = G · W_hd`. W_hd is frozen, so no `∂/∂W_hd` is ever formed.
+//!
+//! Two exact paths, chosen per call by their multiply-add count ([`CePath::Auto`]):
+//!
+//! - **dense**: ℓ = ĥ · W_hdᵀ with ĥ = norm(h); cost ≈ 2·n·d·V forward + backward.
+//! - **low-rank**: PEMA's h_pd = z · B_pd has rank r, and RMSNorm only rescales rows, so
+//!   ℓ_i = ρ_i · z_i · M with `M = (B_pd ⊙ w) · W_hdᵀ ∈ R^{r×V}` and ρ_i = 1/rms(h_i). With
+//!   q = ρ ⊙ z and B_w = B_pd ⊙ w the op takes (q, B_w) and returns ∂/∂q = G·Mᵀ and
+//!   ∂/∂B_w = (qᵀ·G)·W_hd; cost ≈ 2·r·d·V + 3·n·r·V, several times cheaper than dense when
+//!   r ≪ d and n is large (Gemma: d = 640, r = 64). M and its gradient are `[V, r]` each, which
+//!   caps the rank this path accepts ([`HeadCeConfig::low_rank_max_bytes`]).
+//!
+//! Optional gradient filtering (Apple's Cut Cross-Entropy): in the backward product
+//! `G · W_hd`, vocabulary blocks where every |G| < ε are skipped. The loss is still exact; the
+//! gradient drops at most ε per skipped entry. Off by default ([`HeadCeConfig::filter_eps`]).
+//!
+//! W_hd may be stored in f16 ([`HeadPrecision::F16`]): half the bytes, activations cast to f16
+//! for the product, logits back in the caller's precision.
+//!
+//! Two kernels run the same algorithm ([`HeadKernel`]): burn tensor operations, generic over
+//! `B: Backend` (GPUs; `tensor.rs`), and a host CPU kernel ([`cpu`]: the `gemm` crate's
+//! AVX-512/AVX2 products and a fused, vectorised softmax over one reused chunk buffer), which
+//! a CPU binary selects. The autodiff graph sees
+//! the result through [`crate::PemaAdapter::losses`], which injects these gradients with a
+//! surrogate term (value 0, gradient exact).
+
+pub mod cpu;
+mod tensor;
+
+use std::sync::Arc;
+
+use burn::tensor::backend::DTypeUsage;
+use burn::tensor::{
+    DType, FloatDType, Int, Tensor, TensorData, backend::AutodiffBackend, backend::Backend,
+};
+use pema_backbone::LmHead;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AdapterError, Result};
+use cpu::HostMat;
+pub(crate) use tensor::chunk_stats;
+use tensor::{TensorWeight, chunk_rows, float_dtype};
+
+/// Which implementation evaluates the blockwise head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadKernel {
+    /// burn tensor operations on the backend's device (any backend).
+    #[default]
+    Tensor,
+    /// The host CPU kernel (W_hd held in host memory; inputs and outputs cross as host data).
+    /// For CPU backends only: on a GPU it would copy every chunk to the host.
+    Cpu,
+}
+
+/// Which exact algorithm computes the loss and its gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CePath {
+    /// The cheaper of the two by multiply-add count (low-rank only within its memory cap).
+    #[default]
+    Auto,
+    /// ℓ = norm(h) · W_hdᵀ, row chunk by row chunk.
+    Dense,
+    /// ℓ = (ρ ⊙ z) · M with M = (B_pd ⊙ w) · W_hdᵀ (PEMA's rank-r structure).
+    LowRank,
+}
+
+/// Storage precision of W_hd inside [`FusedHead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadPrecision {
+    /// The exported head's f32 values (exact).
+    #[default]
+    F32,
+    /// f16 storage (half the memory); products take f16 operands.
+    F16,
+}
+
+/// Settings of the blockwise head.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeadCeConfig {
+    /// Largest number of logits held at once (rows of a chunk × V). Default 2²⁴ (64 MiB f32:
+    /// 64 rows of Gemma 3's vocabulary, enough rows for the products to run at full speed).
+    pub chunk_elems: usize,
+    /// Dense, low-rank, or the cheaper one.
+    pub path: CePath,
+    /// The low-rank path holds M and ∂M (`2·V·r` values); above this many bytes it is not used.
+    pub low_rank_max_bytes: usize,
+    /// Gradient filtering threshold ε (None: exact gradient).
+    pub filter_eps: Option<f64>,
+    /// Vocabulary block width of gradient filtering.
+    pub filter_block: usize,
+    /// Storage precision of W_hd.
+    pub precision: HeadPrecision,
+    /// Tensor operations or the host CPU kernel.
+    #[serde(default)]
+    pub kernel: HeadKernel,
+}
+
+impl Default for HeadCeConfig {
+    fn default() -> Self {
+        Self {
+            chunk_elems: 1 << 24,
+            path: CePath::Auto,
+            low_rank_max_bytes: 160 << 20,
+            filter_eps: None,
+            filter_block: 4096,
+            precision: HeadPrecision::F32,
+            kernel: HeadKernel::Tensor,
+        }
+    }
+}
+
+impl HeadCeConfig {
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<()> {
+        if self.chunk_elems == 0 || self.filter_block == 0 {
+            return Err(AdapterError::Config(
+                "head chunk size and filter block must be positive".into(),
+            ));
+        }
+        if self.kernel == HeadKernel::Cpu && self.precision != HeadPrecision::F32 {
+            return Err(AdapterError::Config(
+                "the CPU head kernel holds W_hd in f32 only (f16 storage needs the tensor kernel)"
+                    .into(),
+            ));
+        }
+        if let Some(e) = self.filter_eps
+            && !(e.is_finite() && e > 0.0)
+        {
+            return Err(AdapterError::Config(format!(
+                "gradient filter ε must be positive and finite, got {e}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-row results of a blockwise evaluation.
+#[derive(Debug, Clone)]
+pub struct RowCe<B: Backend> {
+    /// −log P(y_i | c_i), `[n]`.
+    pub nll: Tensor<B, 1>,
+    /// argmax_v ℓ_iv, `[n]`.
+    pub top1: Tensor<B, 1, Int>,
+}
+
+/// [`FusedHead::cross_entropy`]'s result.
+#[derive(Debug, Clone)]
+pub struct DenseCe<B: Backend> {
+    /// Per-row NLL and top-1.
+    pub rows: RowCe<B>,
+    /// ∂(Σ_i nll_i)/∂norm(h), `[n, d]` (when asked for).
+    pub d_normed: Option<Tensor<B, 2>>,
+}
+
+/// [`FusedHead::cross_entropy_low_rank`]'s result.
+#[derive(Debug, Clone)]
+pub struct LowRankCe<B: Backend> {
+    /// Per-row NLL and top-1.
+    pub rows: RowCe<B>,
+    /// ∂(Σ_i nll_i)/∂q, `[n, r]` (when asked for).
+    pub d_q: Option<Tensor<B, 2>>,
+    /// ∂(Σ_i nll_i)/∂B_w, `[r, d]` (when asked for).
+    pub d_bw: Option<Tensor<B, 2>>,
+}
+
+/// Where W_hd lives.
+#[derive(Debug, Clone)]
+enum Storage<B: Backend> {
+    /// A backend tensor `[V, d]`.
+    Tensor(TensorWeight<B>),
+    /// Host memory `[V, d]` row-major (the CPU kernel), shared between views.
+    Host { w: Arc<Vec<f32>>, vocab: usize },
+}
+
+/// The low-rank matrix Mᵀ = W_hd · B_wᵀ (`[V, r]`) of an adapter, in the kernel's storage.
+#[derive(Debug, Clone)]
+pub enum LowRankMatrix<B: Backend> {
+    /// A backend tensor.
+    Tensor(Tensor<B, 2>),
+    /// Host values, `[V, r]` row-major.
+    Host {
+        /// Values.
+        mt: Vec<f32>,
+        /// r.
+        rank: usize,
+    },
+}
+
+/// The frozen LM head (final RMSNorm + W_hd) as the data owner uses it for training and
+/// evaluation: blockwise cross-entropy with an exact gradient, never `[batch, V]` logits.
+#[derive(Debug, Clone)]
+pub struct FusedHead<B: Backend> {
+    storage: Storage<B>,
+    /// Final-norm weight `[d]` (`x · w` convention).
+    norm_weight: Tensor<B, 1>,
+    /// RMSNorm ε.
+    pub eps: f64,
+    /// Settings.
+    pub config: HeadCeConfig,
+    /// Fingerprint of the exported head (see [`LmHead`]).
+    pub fingerprint: String,
+    /// Model the head came from.
+    pub model: String,
+}
+
+impl<B: Backend> FusedHead<B> {
+    /// The blockwise view of `head`: shares its tensor with the f32 tensor kernel, holds an
+    /// f16 copy with f16 storage, and a host copy with the CPU kernel (use
+    /// [`FusedHead::from_head`] to drop the original and hold W_hd once).
+    pub fn new(head: &LmHead<B>, config: HeadCeConfig) -> Result<Self> {
+        config.validate()?;
+        let device = head.weight.device();
+        if config.precision == HeadPrecision::F16 {
+            let usage = B::dtype_usage(&device, DType::F16);
+            if !(usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)) {
+                return Err(AdapterError::Config(
+                    "this backend cannot hold the head in f16 (use f32)".into(),
+                ));
+            }
+        }
+        let storage = match (config.kernel, config.precision) {
+            (HeadKernel::Cpu, _) => Storage::Host {
+                w: Arc::new(host_f32(head.weight.clone())?),
+                vocab: head.vocab_size(),
+            },
+            (HeadKernel::Tensor, HeadPrecision::F32) => Storage::Tensor(TensorWeight {
+                weight: head.weight.clone(),
+                precision: HeadPrecision::F32,
+            }),
+            (HeadKernel::Tensor, HeadPrecision::F16) => Storage::Tensor(TensorWeight {
+                weight: head.weight.clone().cast(FloatDType::F16),
+                precision: HeadPrecision::F16,
+            }),
+        };
+        Ok(Self {
+            storage,
+            norm_weight: head.norm_weight.clone(),
+            eps: head.eps,
+            config,
+            fingerprint: head.fingerprint.clone(),
+            model: head.model.clone(),
+        })
+    }
+
+    /// Takes `head` by value, so that W_hd is held once (in the chosen storage).
+    pub fn from_head(head: LmHead<B>, config: HeadCeConfig) -> Result<Self> {
+        Self::new(&head, config)
+    }
+
+    /// Hidden size d.
+    pub fn hidden_size(&self) -> usize {
+        self.norm_weight.dims()[0]
+    }
+
+    /// The device of the norm weight (and of every tensor this head returns).
+    pub fn device(&self) -> B::Device {
+        self.norm_weight.device()
+    }
+
+    /// Vocabulary size V.
+    pub fn vocab_size(&self) -> usize {
+        match &self.storage {
+            Storage::Tensor(t) => t.vocab(),
+            Storage::Host { vocab, .. } => *vocab,
+        }
+    }
+
+    /// The final-norm weight w, `[d]`.
+    pub fn norm_weight(&self) -> Tensor<B, 1> {
+        self.norm_weight.clone()
+    }
+
+    /// The final norm: `x · rsqrt(mean(x²) + ε) · w` over the last axis.
+    pub fn norm(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        pema_backbone::head::rms_norm(h, self.norm_weight.clone(), self.eps)
+    }
+
+    /// ρ_i = 1/√(mean_j h_ij² + ε), `[n, 1]`: norm(h) = ρ ⊙ h ⊙ w.
+    pub fn inverse_rms(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        h.powi_scalar(2)
+            .mean_dim(1)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip()
+    }
+
+    /// Bytes held by W_hd in its storage.
+    pub fn weight_bytes(&self) -> usize {
+        let per = match self.config.precision {
+            HeadPrecision::F32 => 4,
+            HeadPrecision::F16 => 2,
+        };
+        self.vocab_size() * self.hidden_size() * per
+    }
+
+    /// The same head on the autodiff backend whose inner backend is `B` (constants: the head
+    /// never receives a gradient).
+    pub fn lift<AD: AutodiffBackend<InnerBackend = B>>(&self) -> FusedHead<AD> {
+        let storage = match &self.storage {
+            Storage::Tensor(t) => Storage::Tensor(TensorWeight {
+                weight: Tensor::from_inner(t.weight.clone()),
+                precision: t.precision,
+            }),
+            Storage::Host { w, vocab } => Storage::Host {
+                w: w.clone(),
+                vocab: *vocab,
+            },
+        };
+        FusedHead {
+            storage,
+            norm_weight: Tensor::from_inner(self.norm_weight.clone()),
+            eps: self.eps,
+            config: self.config,
+            fingerprint: self.fingerprint.clone(),
+            model: self.model.clone(),
+        }
+    }
+
+    /// Rows per chunk for this vocabulary.
+    pub(crate) fn chunk_rows(&self) -> usize {
+        chunk_rows(&self.config, self.vocab_size())
+    }
+
+    fn filter(&self) -> Option<(f32, usize)> {
+        self.config
+            .filter_eps
+            .map(|e| (e as f32, self.config.filter_block))
+    }
+
+    fn host_w(&self) -> Option<HostMat<'_>> {
+        match &self.storage {
+            Storage::Host { w, vocab } => Some(HostMat {
+                data: w.as_slice(),
+                rows: *vocab,
+                cols: self.hidden_size(),
+            }),
+            Storage::Tensor(_) => None,
+        }
+    }
+
+    /// The path [`CePath::Auto`] takes for `n` rows (rank `r` when the low-rank form exists),
+    /// with or without the gradient. The cost model counts multiply-adds, with the products
+    /// whose inner dimension is r (ℓ = q·M, q·G) at a third of the speed of the d-wide ones
+    /// (measured: small inner dimensions keep GEMM kernels memory-bound).
+    pub fn choose_path(&self, n: usize, rank: Option<usize>, grad: bool) -> CePath {
+        let (d, v) = (self.hidden_size() as f64, self.vocab_size() as f64);
+        let Some(r) = rank else {
+            return CePath::Dense;
+        };
+        let fits = 2 * self.vocab_size() * r * 4 <= self.config.low_rank_max_bytes;
+        match self.config.path {
+            CePath::Dense => CePath::Dense,
+            CePath::LowRank if fits => CePath::LowRank,
+            CePath::LowRank => CePath::Dense,
+            CePath::Auto => {
+                let (n, r) = (n as f64, r as f64);
+                const SMALL_K: f64 = 3.0;
+                let (dense, low) = if grad {
+                    (2.0 * n * d * v, 2.0 * r * d * v + SMALL_K * 3.0 * n * r * v)
+                } else {
+                    (n * d * v, r * d * v + SMALL_K * n * r * v)
+                };
+                if fits && low < dense {
+                    CePath::LowRank
+                } else {
+                    CePath::Dense
+                }
+            }
+        }
+    }
+
+    /// Per-row NLL of `y` and top-1 under softmax(normed · W_hdᵀ), and optionally
+    /// ∂(Σ nll)/∂normed, for already normalised rows `normed: [n, d]`. The inputs should carry
+    /// no autodiff graph (detach them): this is a constant computation.
+    pub fn cross_entropy(
+        &self,
+        normed: Tensor<B, 2>,
+        y: Tensor<B, 1, Int>,
+        grad: bool,
+    ) -> DenseCe<B> {
+        let (rows, d_normed) = match &self.storage {
+            Storage::Tensor(t) => t.cross_entropy(normed, y, grad, &self.config),
+            Storage::Host { .. } => {
+                let [n, d] = normed.dims();
+                let (dt, device) = (float_dtype(&normed), normed.device());
+                let x = host_f32(normed).unwrap_or_default();
+                let ys = host_ids(y);
+                let w = self.host_w().unwrap_or(HostMat {
+                    data: &[],
+                    rows: 0,
+                    cols: 0,
+                });
+                let out = cpu::cross_entropy(
+                    HostMat {
+                        data: &x,
+                        rows: n,
+                        cols: d,
+                    },
+                    w,
+                    &ys,
+                    self.chunk_rows(),
+                    grad,
+                    false,
+                    self.filter(),
+                );
+                let dx = out.dx.map(|v| to_tensor(v, [n, d], dt, &device));
+                (row_ce(out.nll, out.top1, dt, &device), dx)
+            }
+        };
+        DenseCe { rows, d_normed }
+    }
+
+    /// Mᵀ = W_hd · B_wᵀ, `[V, r]`, for `bw: [r, d]` (= B_pd ⊙ w).
+    pub fn low_rank_matrix(&self, bw: Tensor<B, 2>) -> LowRankMatrix<B> {
+        match &self.storage {
+            Storage::Tensor(t) => LowRankMatrix::Tensor(t.weight_times(bw.transpose())),
+            Storage::Host { .. } => {
+                let [r, d] = bw.dims();
+                let b = host_f32(bw).unwrap_or_default();
+                let w = self.host_w().unwrap_or(HostMat {
+                    data: &[],
+                    rows: 0,
+                    cols: 0,
+                });
+                let mut mt = vec![0f32; w.rows * r];
+                cpu::matmul_w_xt(
+                    w,
+                    HostMat {
+                        data: &b,
+                        rows: r,
+                        cols: d,
+                    },
+                    &mut mt,
+                );
+                LowRankMatrix::Host { mt, rank: r }
+            }
+        }
+    }
+
+    /// Logits q · M for `q: [n, r]` (= ρ ⊙ z), `[n, V]` (decoding batches).
+    pub fn low_rank_logits(&self, q: Tensor<B, 2>, m: &LowRankMatrix<B>) -> Tensor<B, 2> {
+        match m {
+            LowRankMatrix::Tensor(mt) => q.matmul(mt.clone().transpose()),
+            LowRankMatrix::Host { mt, rank } => {
+                let [n, _] = q.dims();
+                let (dt, device) = (float_dtype(&q), q.device());
+                let x = host_f32(q).unwrap_or_default();
+                let v = self.vocab_size();
+                let mut out = vec![0f32; n * v];
+                cpu::matmul_nt(
+                    HostMat {
+                        data: &x,
+                        rows: n,
+                        cols: *rank,
+                    },
+                    HostMat {
+                        data: mt,
+                        rows: v,
+                        cols: *rank,
+                    },
+                    &mut out,
+                );
+                to_tensor(out, [n, v], dt, &device)
+            }
+        }
+    }
+
+    /// Per-row NLL and top-1 of the low-rank form ℓ = q · M (no gradient), in row chunks.
+    pub fn low_rank_rows(
+        &self,
+        q: Tensor<B, 2>,
+        m: &LowRankMatrix<B>,
+        y: Tensor<B, 1, Int>,
+    ) -> RowCe<B> {
+        match (&self.storage, m) {
+            (Storage::Tensor(t), LowRankMatrix::Tensor(mt)) => {
+                t.cross_entropy_low_rank(q, mt.clone(), y, false, &self.config)
+                    .0
+            }
+            _ => self.host_low_rank(q, m, y, false).0,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn host_low_rank(
+        &self,
+        q: Tensor<B, 2>,
+        m: &LowRankMatrix<B>,
+        y: Tensor<B, 1, Int>,
+        grad: bool,
+    ) -> (RowCe<B>, Option<Tensor<B, 2>>, Option<Tensor<B, 2>>) {
+        let [n, r] = q.dims();
+        let (dt, device) = (float_dtype(&q), q.device());
+        let v = self.vocab_size();
+        let owned;
+        let mt: &[f32] = match m {
+            LowRankMatrix::Host { mt, .. } => mt,
+            LowRankMatrix::Tensor(t) => {
+                owned = host_f32(t.clone()).unwrap_or_default();
+                &owned
+            }
+        };
+        let x = host_f32(q).unwrap_or_default();
+        let out = cpu::cross_entropy(
+            HostMat {
+                data: &x,
+                rows: n,
+                cols: r,
+            },
+            HostMat {
+                data: mt,
+                rows: v,
+                cols: r,
+            },
+            &host_ids(y),
+            self.chunk_rows(),
+            grad,
+            grad,
+            self.filter(),
+        );
+        let dq = out.dx.map(|d| to_tensor(d, [n, r], dt, &device));
+        let dbw = match (out.dw_t, self.host_w()) {
+            (Some(dm), Some(w)) => {
+                let d = self.hidden_size();
+                let mut g = vec![0f32; r * d];
+                cpu::matmul_nn(
+                    HostMat {
+                        data: &dm,
+                        rows: r,
+                        cols: v,
+                    },
+                    w,
+                    &mut g,
+                );
+                Some(to_tensor(g, [r, d], dt, &device))
+            }
+            _ => None,
+        };
+        (row_ce(out.nll, out.top1, dt, &device), dq, dbw)
+    }
+
+    /// The low-rank form: ℓ = q · M with M = B_w · W_hdᵀ, for `q: [n, r]` (= ρ ⊙ z) and
+    /// `bw: [r, d]` (= B_pd ⊙ w). Returns per-row NLL and top-1, and optionally ∂(Σ nll)/∂q
+    /// and ∂(Σ nll)/∂B_w. Inputs should carry no autodiff graph.
+    pub fn cross_entropy_low_rank(
+        &self,
+        q: Tensor<B, 2>,
+        bw: Tensor<B, 2>,
+        y: Tensor<B, 1, Int>,
+        grad: bool,
+    ) -> LowRankCe<B> {
+        let m = self.low_rank_matrix(bw);
+        let (rows, d_q, d_bw) = match (&self.storage, &m) {
+            (Storage::Tensor(t), LowRankMatrix::Tensor(mt)) => {
+                t.cross_entropy_low_rank(q, mt.clone(), y, grad, &self.config)
+            }
+            _ => self.host_low_rank(q, &m, y, grad),
+        };
+        LowRankCe { rows, d_q, d_bw }
+    }
+
+    /// log P(y_i | ·) and top-1 for pre-norm rows `h: [n, d]` (the PLM's own distribution when
+    /// h = f(c)), chunked: `[n]` and `[n]`.
+    pub fn gold_log_probs(&self, h: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> RowCe<B> {
+        let rows = self.cross_entropy(self.norm(h), y, false).rows;
+        RowCe {
+            nll: rows.nll.neg(),
+            top1: rows.top1,
+        }
+    }
+
+    /// Full logits `norm(h) · W_hdᵀ` for a few rows (decoding batches): `[n, V]`.
+    pub fn logits(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        let normed = self.norm(h);
+        match &self.storage {
+            Storage::Tensor(t) => t.times_weight_t(normed),
+            Storage::Host { .. } => {
+                let [n, d] = normed.dims();
+                let (dt, device) = (float_dtype(&normed), normed.device());
+                let x = host_f32(normed).unwrap_or_default();
+                let w = self.host_w().unwrap_or(HostMat {
+                    data: &[],
+                    rows: 0,
+                    cols: 0,
+                });
+                let mut out = vec![0f32; n * w.rows];
+                cpu::matmul_nt(
+                    HostMat {
+                        data: &x,
+                        rows: n,
+                        cols: d,
+                    },
+                    w,
+                    &mut out,
+                );
+                to_tensor(out, [n, w.rows], dt, &device)
+            }
+        }
+    }
+}
+
+fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| AdapterError::Config(format!("cannot read tensor data: {e:?}")))
+}
+
+fn host_ids<B: Backend>(y: Tensor<B, 1, Int>) -> Vec<u32> {
+    y.into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.max(0) as u32)
+        .collect()
+}
+
+fn to_tensor<B: Backend, const D: usize>(
+    v: Vec<f32>,
+    shape: [usize; D],
+    dt: FloatDType,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let t = Tensor::<B, D>::from_data(TensorData::new(v, shape), device);
+    if dt == FloatDType::F32 { t } else { t.cast(dt) }
+}
+
+fn row_ce<B: Backend>(
+    nll: Vec<f32>,
+    top1: Vec<u32>,
+    dt: FloatDType,
+    device: &B::Device,
+) -> RowCe<B> {
+    let n = nll.len();
+    let ids: Vec<i64> = top1.into_iter().map(i64::from).collect();
+    RowCe {
+        nll: to_tensor(nll, [n], dt, device),
+        top1: Tensor::from_data(TensorData::new(ids, [n]), device),
+    }
+}
+
+/// Builds `[n]` target ids on `device` from host values.
+pub fn targets<B: Backend>(y: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
+    let v: Vec<i64> = y.iter().map(|&t| i64::from(t)).collect();
+    Tensor::from_data(TensorData::new(v, [y.len()]), device)
+}
