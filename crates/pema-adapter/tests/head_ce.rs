@@ -282,7 +282,7 @@ fn real_gemma_batch_matches_the_dense_reference() {
     let mut cache = m.model.new_cache(vec![0]);
     let h = m
         .model
-        .forward(&[tokens.clone()], &mut cache)
+        .forward(std::slice::from_ref(&tokens), &mut cache)
         .expect("forward");
     let [_, t, d] = h.dims();
     let h = h.reshape([t, d]).narrow(0, 0, t - 1);

@@ -6,15 +6,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use pema_adapter::PemaLogits;
-use pema_backbone::seam::argmax_rows;
+use pema_adapter::head_ce::cpu::{log_sum_exp, mixture_argmax};
 use pema_backbone::{StepOutput, StepPolicy};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScheduleError};
-use crate::mix::mix_log_probs;
 use crate::schedule::Schedule;
 
 /// Which weighted distribution gave the chosen token more mass.
@@ -95,45 +94,55 @@ impl<'a, B: Backend> PemaPolicy<'a, B> {
 }
 
 impl<B: Backend> StepPolicy<B> for PemaPolicy<'_, B> {
+    /// argmax_v (1−λ)·P_LM(v) + λ·P_PEMA(v) per row, evaluated on the host in two vectorised
+    /// passes per distribution (log-partition, then the mixture's argmax): the argmax of the
+    /// log-space mixture is the argmax of the mixture itself, so no `[n, V]` log tensor is built.
     fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
-        let [n, _] = out.logits.dims();
+        let [n, v] = out.logits.dims();
         let lambdas: Vec<f64> = (0..n)
             .map(|i| {
                 let (seq, step) = (out.seqs.get(i).copied(), out.steps.get(i).copied());
                 self.schedule
                     .lambda(step.unwrap_or(0), self.horizon(seq.unwrap_or(i)))
+                    .clamp(0.0, 1.0)
             })
             .collect();
-        let lp_lm = log_softmax(out.logits.clone(), 1);
-        let lp_pema = log_softmax(self.pema.logits(out.context.0.clone()), 1);
-        let mixed = mix_log_probs(lp_lm.clone(), lp_pema.clone(), &lambdas);
-        if self.traces.is_none() {
-            return argmax_rows(mixed);
-        }
-        let ids = argmax_rows(mixed.clone());
-        let device = mixed.device();
-        let idx: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
-        let pick = |t: Tensor<B, 2>| -> Vec<f64> {
-            t.gather(1, idx.clone())
-                .into_data()
-                .convert::<f64>()
-                .into_vec::<f64>()
-                .unwrap_or_default()
+        let lm = host_rows(out.logits.clone());
+        let pe = if lambdas.iter().all(|&l| l == 0.0) && self.traces.is_none() {
+            Vec::new()
+        } else {
+            host_rows(self.pema.logits(out.context.0.clone()))
         };
-        let (l, p, m) = (pick(lp_lm), pick(lp_pema), pick(mixed));
+        let rows: Vec<(u32, f64, f64, f64)> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let b = &lm[i * v..(i + 1) * v];
+                let lse_b = log_sum_exp(b);
+                if pe.is_empty() {
+                    let (t, p) = mixture_argmax(b, lse_b, 0.0, b, lse_b, 1.0);
+                    return (t as u32, f64::from(p), 0.0, f64::from(p));
+                }
+                let a = &pe[i * v..(i + 1) * v];
+                let lse_a = log_sum_exp(a);
+                let l = lambdas[i] as f32;
+                let (t, p_mix) = mixture_argmax(a, lse_a, l, b, lse_b, 1.0 - l);
+                let p_lm = f64::from((b[t] - lse_b).exp());
+                let p_pema = f64::from((a[t] - lse_a).exp());
+                (t as u32, p_lm, p_pema, f64::from(p_mix))
+            })
+            .collect();
+        let ids: Vec<u32> = rows.iter().map(|r| r.0).collect();
         if let Some(traces) = self.traces.as_mut() {
-            for i in 0..n.min(l.len()).min(p.len()).min(m.len()) {
+            for (i, &(token, p_lm, p_pema, p_mix)) in rows.iter().enumerate() {
                 let lambda = lambdas[i];
-                let (p_lm, p_pema) = (l[i].exp(), p[i].exp());
                 traces.push(StepTrace {
                     seq: self.seq_offset + out.seqs.get(i).copied().unwrap_or(i),
                     step: out.steps.get(i).copied().unwrap_or(0),
                     lambda,
-                    token: ids[i],
+                    token,
                     p_lm,
                     p_pema,
-                    p_mix: m[i].exp(),
+                    p_mix,
                     winner: if lambda * p_pema > (1.0 - lambda) * p_lm {
                         Winner::Pema
                     } else {
@@ -144,6 +153,14 @@ impl<B: Backend> StepPolicy<B> for PemaPolicy<'_, B> {
         }
         ids
     }
+}
+
+/// Row-major host copy of a `[n, V]` tensor.
+fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
 }
 
 /// Writes traces as JSON lines (one [`StepTrace`] object per line).
@@ -165,7 +182,9 @@ pub fn write_traces_jsonl(path: &Path, traces: &[StepTrace]) -> Result<()> {
 mod tests {
     use super::*;
     use burn::backend::NdArray;
+    use burn::tensor::TensorData;
     use pema_adapter::{AdapterConfig, FusedHead, PemaAdapter};
+    use pema_backbone::seam::argmax_rows;
     use pema_backbone::{ContextRepr, LmHead};
 
     type B = NdArray<f32>;

@@ -113,6 +113,7 @@ pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 /// `out (+)= g · w` for g `[m, v]` (row stride `g_rs`, first column `g_off`), w `[v, k]`.
 fn matmul_nn_acc(
     g: &[f32],
@@ -316,6 +317,98 @@ fn softmax_row_generic(row: &mut [f32], target: usize, grad: bool) -> (f32, u32)
         row[target] -= 1.0;
     }
     (nll, top)
+}
+
+/// log Σ_v exp(row_v), vectorised (no allocation).
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { lse_avx512(row) };
+    }
+    lse_generic(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn lse_avx512(row: &[f32]) -> f32 {
+    lse_generic(row)
+}
+
+#[inline(always)]
+fn lse_generic(row: &[f32]) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            mx[l] = mx[l].max(ch[l]);
+        }
+    }
+    let mut m = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in chunks.remainder() {
+        m = m.max(x);
+    }
+    if !m.is_finite() {
+        return m;
+    }
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += exp_neg(ch[l] - m);
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for &x in chunks.remainder() {
+        sum += exp_neg(x - m);
+    }
+    m + sum.ln()
+}
+
+/// argmax_v of wa·exp(a_v − lse_a) + wb·exp(b_v − lse_b) (a two-component mixture of
+/// softmaxes given as logits with their log-partitions), and the mixture's value there.
+pub fn mixture_argmax(
+    a: &[f32],
+    lse_a: f32,
+    wa: f32,
+    b: &[f32],
+    lse_b: f32,
+    wb: f32,
+) -> (usize, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { mix_avx512(a, lse_a, wa, b, lse_b, wb) };
+    }
+    mix_generic(a, lse_a, wa, b, lse_b, wb)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn mix_avx512(a: &[f32], lse_a: f32, wa: f32, b: &[f32], lse_b: f32, wb: f32) -> (usize, f32) {
+    mix_generic(a, lse_a, wa, b, lse_b, wb)
+}
+
+#[inline(always)]
+fn mix_generic(a: &[f32], lse_a: f32, wa: f32, b: &[f32], lse_b: f32, wb: f32) -> (usize, f32) {
+    let n = a.len().min(b.len());
+    // Pass 1 (vectorised): the largest mixture value; pass 2 finds its first index.
+    let val = |i: usize| wa * exp_neg(a[i] - lse_a) + wb * exp_neg(b[i] - lse_b);
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let full = n / LANES * LANES;
+    let mut i = 0;
+    while i < full {
+        for (l, m) in mx.iter_mut().enumerate() {
+            *m = m.max(val(i + l));
+        }
+        i += LANES;
+    }
+    let mut m = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for j in full..n {
+        m = m.max(val(j));
+    }
+    let at = (0..n).find(|&j| val(j) == m).unwrap_or(0);
+    (at, m)
 }
 
 /// exp(x) for x ≤ 0 (and small positive x), branch-free: 2ⁿ·e^r with n = round(x·log₂e) and
