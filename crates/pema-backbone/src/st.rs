@@ -59,6 +59,31 @@ impl StFile {
             .collect())
     }
 
+    /// Drops the resident pages of `[offset, offset + len)` of the mapping (whole pages only).
+    /// The mapping is read-only and file-backed: a later read simply faults the page in again.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let start = offset.div_ceil(PAGE) * PAGE;
+            let end = ((offset + len) / PAGE * PAGE).min(self.mmap.len() / PAGE * PAGE);
+            if end > start {
+                // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping discards no
+                // data (pages are re-read from the file on the next access), and the range lies
+                // inside the mapping (clamped above).
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     /// Reads one tensor as f32 (from F32, F16 or BF16), with its shape.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let st = self.tensors()?;
@@ -68,19 +93,10 @@ impl StFile {
         })?;
         let shape = view.shape().to_vec();
         let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let dtype = view.dtype();
+        let width = match dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
             other => {
                 return Err(BackboneError::Weight {
                     name: name.to_string(),
@@ -88,6 +104,32 @@ impl StFile {
                 });
             }
         };
+        // Converted 64 MiB at a time; the mapped pages of each converted piece are released
+        // at once, so reading a large tensor (an LM head: 671 MB) holds the f32 copy and one
+        // piece of the file, not both whole.
+        const PIECE: usize = 64 << 20;
+        let mut values: Vec<f32> = Vec::with_capacity(data.len() / width);
+        let base = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        for (i, piece) in data.chunks(PIECE).enumerate() {
+            match dtype {
+                Dtype::F32 => values.extend(
+                    piece
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                Dtype::F16 => values.extend(
+                    piece
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                _ => values.extend(
+                    piece
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+            }
+            self.release(base + i * PIECE, piece.len());
+        }
         Ok((values, shape))
     }
 }

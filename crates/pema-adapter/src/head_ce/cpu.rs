@@ -98,7 +98,7 @@ fn gemm_into(
     }
 }
 
-/// `x · wᵀ` for x `[m, k]`, w `[n, k]` → `[m, n]`.
+/// `x · wᵀ` for x `[m, k]`, w `[n, k]` → `[m, n]` (also Mᵀ = W_hd · B_wᵀ with x = W_hd).
 pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
     assert_eq!(x.cols, w.cols);
     let k = x.cols;
@@ -126,21 +126,6 @@ fn matmul_nn_acc(
     acc: bool,
 ) {
     gemm_into(out, m, k, v, (g, g_rs as isize, 1), (w, k as isize, 1), acc);
-}
-
-/// `w · xᵀ` for w `[n, k]`, x `[m, k]` → `[n, m]` (e.g. Mᵀ = W_hd · B_wᵀ).
-pub fn matmul_w_xt(w: HostMat<'_>, x: HostMat<'_>, out: &mut [f32]) {
-    assert_eq!(x.cols, w.cols);
-    let k = x.cols;
-    gemm_into(
-        out,
-        w.rows,
-        x.rows,
-        k,
-        (w.data, k as isize, 1),
-        (x.data, 1, k as isize),
-        false,
-    );
 }
 
 /// `a · w` for a `[m, v]`, w `[v, k]` → `[m, k]` (e.g. ∂B_w = ∂M · W_hd).

@@ -258,9 +258,32 @@ impl<B: Backend> FusedHead<B> {
         })
     }
 
-    /// Takes `head` by value, so that W_hd is held once (in the chosen storage).
+    /// Takes `head` by value, so that W_hd is held once (in the chosen storage): with the CPU
+    /// kernel the head's tensor is consumed into the host copy.
     pub fn from_head(head: LmHead<B>, config: HeadCeConfig) -> Result<Self> {
-        Self::new(&head, config)
+        if config.kernel != HeadKernel::Cpu {
+            return Self::new(&head, config);
+        }
+        config.validate()?;
+        let LmHead {
+            norm_weight,
+            eps,
+            weight,
+            model,
+            fingerprint,
+        } = head;
+        let vocab = weight.dims()[0];
+        Ok(Self {
+            storage: Storage::Host {
+                w: Arc::new(host_f32(weight)?),
+                vocab,
+            },
+            norm_weight,
+            eps,
+            config,
+            fingerprint,
+            model,
+        })
     }
 
     /// Hidden size d.
@@ -439,7 +462,7 @@ impl<B: Backend> FusedHead<B> {
                     cols: 0,
                 });
                 let mut mt = vec![0f32; w.rows * r];
-                cpu::matmul_w_xt(
+                cpu::matmul_nt(
                     w,
                     HostMat {
                         data: &b,
