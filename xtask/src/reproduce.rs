@@ -816,7 +816,11 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
         let lora_dev = task.p("data/dev-lora.jsonl");
         run.stage(task, "lora-train", "LoRA fine-tuning", || {
             let dev = fs::read_to_string(task.p("data/dev.jsonl"))?;
-            let first: String = dev.lines().take(dev_pairs).map(|l| format!("{l}\n")).collect();
+            let first: String = dev
+                .lines()
+                .take(dev_pairs)
+                .map(|l| format!("{l}\n"))
+                .collect();
             fs::write(&lora_dev, first)?;
             let (s, b, r) = (steps.to_string(), batch.to_string(), rank.to_string());
             let stdout = run.pema_stdout(&[

@@ -612,7 +612,7 @@ impl<B: Backend> FusedHead<B> {
     pub fn logits(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         let normed = self.norm(h);
         match &self.storage {
-            Storage::Tensor(t) => t.times_weight_t(normed),
+            Storage::Tensor(t) => t.logits_few_rows(normed),
             Storage::Host { .. } => {
                 let [n, d] = normed.dims();
                 let (dt, device) = (float_dtype(&normed), normed.device());

@@ -18,18 +18,28 @@ impl<B: Backend> TensorWeight<B> {
         self.weight.dims()[0]
     }
 
-    /// `x · W_hdᵀ` for `x: [c, d]` → `[c, V]` in x's precision. A few rows (decoding) are
-    /// multiplied as `(W_hd · xᵀ)ᵀ`, which CPU GEMMs run several times faster at that shape.
+    /// `x · W_hdᵀ` for `x: [c, d]` → `[c, V]` in x's precision.
     pub(crate) fn times_weight_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let few = x.dims()[0] < 64;
         let w = self.weight.clone().transpose();
         match self.precision {
-            HeadPrecision::F32 if few => self.weight.clone().matmul(x.transpose()).transpose(),
             HeadPrecision::F32 => x.matmul(w),
             HeadPrecision::F16 => {
                 let dt = float_dtype(&x);
                 x.cast(FloatDType::F16).matmul(w).cast(dt)
             }
+        }
+    }
+
+    /// Decoding's logits for a few rows: `(W_hd · xᵀ)ᵀ` in f32, which CPU GEMMs run several
+    /// times faster at that shape than `x · W_hdᵀ`. The summation order differs from the
+    /// training product (on Gemma's heavily cancelling logits, ~10⁻⁴ relative), so the loss
+    /// and its gradient never take this path.
+    pub(crate) fn logits_few_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.precision {
+            HeadPrecision::F32 if x.dims()[0] < 64 => {
+                self.weight.clone().matmul(x.transpose()).transpose()
+            }
+            _ => self.times_weight_t(x),
         }
     }
 
