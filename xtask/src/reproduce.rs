@@ -815,13 +815,11 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
         let lora_summary = task.dir.join("lora/summary.json");
         let lora_dev = task.p("data/dev-lora.jsonl");
         run.stage(task, "lora-train", "LoRA fine-tuning", || {
-            let dev = fs::read_to_string(task.p("data/dev.jsonl"))?;
-            let first: String = dev
-                .lines()
-                .take(dev_pairs)
-                .map(|l| format!("{l}\n"))
-                .collect();
-            fs::write(&lora_dev, first)?;
+            take_lines(
+                Path::new(&task.p("data/dev.jsonl")),
+                Path::new(&lora_dev),
+                dev_pairs,
+            )?;
             let (s, b, r) = (steps.to_string(), batch.to_string(), rank.to_string());
             let stdout = run.pema_stdout(&[
                 "lora",

@@ -224,8 +224,21 @@ impl<B: Backend> FusedHead<B> {
     /// f16 copy with f16 storage, and a host copy with the CPU kernel (use
     /// [`FusedHead::from_head`] to drop the original and hold W_hd once).
     pub fn new(head: &LmHead<B>, config: HeadCeConfig) -> Result<Self> {
+        Self::from_head(head.clone(), config)
+    }
+
+    /// Takes `head` by value, so that W_hd is held once (in the chosen storage): with the CPU
+    /// kernel the head's tensor is consumed into the host copy.
+    pub fn from_head(head: LmHead<B>, config: HeadCeConfig) -> Result<Self> {
         config.validate()?;
-        let device = head.weight.device();
+        let LmHead {
+            norm_weight,
+            eps,
+            weight,
+            model,
+            fingerprint,
+        } = head;
+        let device = weight.device();
         if config.precision == HeadPrecision::F16 {
             let usage = B::dtype_usage(&device, DType::F16);
             if !(usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)) {
@@ -235,49 +248,24 @@ impl<B: Backend> FusedHead<B> {
             }
         }
         let storage = match (config.kernel, config.precision) {
-            (HeadKernel::Cpu, _) => Storage::Host {
-                w: Arc::new(host_f32(head.weight.clone())?),
-                vocab: head.vocab_size(),
-            },
+            (HeadKernel::Cpu, _) => {
+                let vocab = weight.dims()[0];
+                Storage::Host {
+                    w: Arc::new(host_f32(weight)?),
+                    vocab,
+                }
+            }
             (HeadKernel::Tensor, HeadPrecision::F32) => Storage::Tensor(TensorWeight {
-                weight: head.weight.clone(),
+                weight,
                 precision: HeadPrecision::F32,
             }),
             (HeadKernel::Tensor, HeadPrecision::F16) => Storage::Tensor(TensorWeight {
-                weight: head.weight.clone().cast(FloatDType::F16),
+                weight: weight.cast(FloatDType::F16),
                 precision: HeadPrecision::F16,
             }),
         };
         Ok(Self {
             storage,
-            norm_weight: head.norm_weight.clone(),
-            eps: head.eps,
-            config,
-            fingerprint: head.fingerprint.clone(),
-            model: head.model.clone(),
-        })
-    }
-
-    /// Takes `head` by value, so that W_hd is held once (in the chosen storage): with the CPU
-    /// kernel the head's tensor is consumed into the host copy.
-    pub fn from_head(head: LmHead<B>, config: HeadCeConfig) -> Result<Self> {
-        if config.kernel != HeadKernel::Cpu {
-            return Self::new(&head, config);
-        }
-        config.validate()?;
-        let LmHead {
-            norm_weight,
-            eps,
-            weight,
-            model,
-            fingerprint,
-        } = head;
-        let vocab = weight.dims()[0];
-        Ok(Self {
-            storage: Storage::Host {
-                w: Arc::new(host_f32(weight)?),
-                vocab,
-            },
             norm_weight,
             eps,
             config,
