@@ -40,10 +40,13 @@ fn build(out: &Path, pairs: &Path, step_delay: Duration) {
 }
 
 /// Child entry point: does nothing unless re-invoked by the crash test with its env vars.
+/// 6 ms per PLM step makes a whole build (~360 steps, ~2.2 s) longer than three of the test's
+/// longest kill waits (3 × 320 ms), so at least three kills land before completion whatever
+/// the machine's speed (at 2 ms the build took ~0.7 s and a run of long waits could finish it).
 #[test]
 fn crash_child() {
     if let (Ok(out), Ok(pairs)) = (std::env::var(CHILD_OUT), std::env::var(CHILD_PAIRS)) {
-        build(Path::new(&out), Path::new(&pairs), Duration::from_millis(2));
+        build(Path::new(&out), Path::new(&pairs), Duration::from_millis(6));
     }
 }
 
