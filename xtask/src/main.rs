@@ -9,8 +9,11 @@ mod assets;
 mod claims;
 mod pema_rows;
 mod plots;
+mod profile;
+mod report;
 mod reproduce;
-mod tasks;
+mod run;
+mod scores;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

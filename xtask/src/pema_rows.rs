@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::reproduce::{Row, Run, Task, kappa_name, pema_args, read_json};
+use crate::run::{Row, Run, Task, kappa_name, pema_args, read_json};
 
 /// Candidate λmax values of `tune-lambda` (λ = 1 is P_PEMA alone).
 const LAMBDA_GRID: &str = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9,1";

@@ -3,7 +3,7 @@
 //!
 //! Tasks: EN→DE on the paper's own WMT22 files (main table, every method), EN→DE on the Ding
 //! dictionary's sentence pairs (second domain) and a SYNTHETIC informal→formal task built from
-//! Ding (see `tasks.rs`).
+//! Ding (see `pema_pipeline::datasets`).
 //!
 //! Per task, each stage cached under `results/<run>/<task>/stages/` so that a rerun after a
 //! failure resumes: data → PLM baselines (zero-shot paper prompt, 3-shot) → external memories
@@ -18,443 +18,22 @@
 //! token t, so the keys do not describe the gold token's context); the memories are therefore
 //! built teacher-forced (kNN-LM style, a mode the paper's code also supports), and the report
 //! says so. The `full` profile adds a free-running-memory PEMA row for comparison.
+//!
+//! Modules: `profile` (run sizes), `run` (the stage cache and the `pema` invocations),
+//! `pema_rows` (the PEMA rows), `scores` (scores, sweep, plots), `report` (`report.md`).
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use pema_pipeline::LoraSummary;
 use serde_json::{Value, json};
 
-use crate::plots::{Series, line_chart};
-
-/// Size of a run.
-#[derive(Debug, Clone, Copy)]
-pub struct Profile {
-    /// Name (`quick` or `full`).
-    pub name: &'static str,
-    /// WMT22: training pairs used to build the memory.
-    pub train_pairs: usize,
-    /// WMT22: dev pairs (dev memory, early stopping, kNN-LM tuning).
-    pub dev_pairs: usize,
-    /// WMT22: test pairs decoded and scored.
-    pub test_pairs: usize,
-    /// Test pairs of the λmax sweep (a prefix of the test subset).
-    pub sweep_pairs: usize,
-    /// λmax values of the sweep (GU and constant λ each).
-    pub lambda_sweep: &'static [f64],
-    /// κ values trained and decoded in addition to 0 (ablation) and 0.2 (paper).
-    pub extra_kappas: &'static [f64],
-    /// Ding EN→DE and synthetic formality: train / dev / test pairs.
-    pub side_sizes: [usize; 3],
-    /// Adapter rank r.
-    pub rank: usize,
-    /// Phase-1 batch size.
-    pub batch1: usize,
-    /// Phase-2 batch size.
-    pub batch2: usize,
-    /// Maximum epochs per phase.
-    pub epochs: usize,
-    /// Cap on phase-2 optimiser steps (`None`: epochs and early stopping decide).
-    pub max_steps2: Option<u64>,
-    /// Cap on phase-2 steps of the ablation adapters (`None`: as `max_steps2`).
-    pub ablation_steps2: Option<u64>,
-    /// Cap on phase-2 steps of the adapters of the side tasks (Ding, formality).
-    pub side_steps2: Option<u64>,
-    /// Validation interval (steps).
-    pub validate_every: usize,
-    /// LoRA: optimiser steps cap, batch size, rank, dev pairs read by its validation (the
-    /// first ones of the dev split).
-    pub lora: [usize; 4],
-    /// Decode batch size.
-    pub decode_batch: usize,
-    /// Also build a free-running (paper construction) memory and train/decode PEMA on it.
-    pub free_running_row: bool,
-    /// Train and decode the ablations (κ = 0, B_pd only, raw keys; the κ sweep and phase 2
-    /// only where the profile lists them).
-    pub ablations: bool,
-    /// Also the "phase 2 only" ablation.
-    pub joint_ablation: bool,
-    /// Train and decode pema's residual extension (h_pd = f + σ⊙B_pd·z) next to the paper rows.
-    pub residual: bool,
-    /// Cap on phase-1 optimiser steps (`None`: epochs and early stopping decide).
-    pub max_steps1: Option<u64>,
-    /// Validation and λ tuning read at most this many dev-memory entries (evenly spaced).
-    pub dev_max: usize,
-}
-
-/// `quick`: CPU, real model and data, small subsets and 60 phase-2 steps; the ablations, the κ
-/// sweep and the free-running row run only in `full` (on 2 CPU cores a 262k-vocabulary phase-2
-/// step takes ~2 s, so each extra adapter costs minutes and learns little at this budget).
-pub const QUICK: Profile = Profile {
-    name: "quick",
-    train_pairs: 240,
-    dev_pairs: 24,
-    test_pairs: 40,
-    sweep_pairs: 16,
-    lambda_sweep: &[0.3, 0.9],
-    extra_kappas: &[],
-    side_sizes: [200, 20, 32],
-    rank: 64,
-    batch1: 1024,
-    batch2: 64,
-    epochs: 2,
-    max_steps2: Some(60),
-    ablation_steps2: None,
-    side_steps2: Some(60),
-    validate_every: 20,
-    lora: [12, 2, 8, 24],
-    decode_batch: 8,
-    free_running_row: false,
-    ablations: false,
-    joint_ablation: false,
-    residual: true,
-    max_steps1: Some(50),
-    dev_max: 2_000,
-};
-
-/// `standard` (the default): sized for 2 CPU cores in about 90 minutes from a fresh clone with
-/// cached assets. WMT22: memory from the first 4,000 training pairs, dev memory from 300 dev
-/// pairs, the first 500 test sentences decoded by every method; Ding and the synthetic
-/// formality task at comparable size. Adapters: r = 512 as the paper (d = 640), phase-2 batch
-/// 256 (CPU), the paper's early stopping with validation every 50 steps on 4,096 dev entries,
-/// at most 600 phase-2 steps (200 for the ablations): a 262k-token phase-2 step costs ~0.7 s
-/// on 2 cores, the budget that fits the 90 minutes. LoRA gets a comparable wall-clock budget:
-/// 24 steps of 8 pairs (a backward pass through the whole PLM costs ~18 s per step here),
-/// validated on the first 64 dev pairs.
-pub const STANDARD: Profile = Profile {
-    name: "standard",
-    train_pairs: 4_000,
-    dev_pairs: 300,
-    test_pairs: 500,
-    sweep_pairs: 100,
-    lambda_sweep: &[0.3, 0.9],
-    extra_kappas: &[],
-    side_sizes: [4_000, 300, 300],
-    rank: 512,
-    batch1: 20_480,
-    batch2: 256,
-    epochs: 200,
-    max_steps2: Some(600),
-    ablation_steps2: Some(200),
-    side_steps2: Some(300),
-    validate_every: 50,
-    lora: [24, 8, 8, 64],
-    decode_batch: 16,
-    free_running_row: false,
-    ablations: true,
-    joint_ablation: false,
-    residual: true,
-    max_steps1: Some(200),
-    dev_max: 4_096,
-};
-
-/// `full`: all data, the paper's rank and batch sizes (a GPU machine via `--device`).
-pub const FULL: Profile = Profile {
-    name: "full",
-    train_pairs: usize::MAX,
-    dev_pairs: usize::MAX,
-    test_pairs: usize::MAX,
-    sweep_pairs: 400,
-    lambda_sweep: &[0.1, 0.3, 0.5, 0.7, 0.9],
-    extra_kappas: &[0.1, 0.5, 0.8],
-    side_sizes: [usize::MAX, 1000, 1000],
-    rank: 512,
-    batch1: 20_480,
-    batch2: 2_048,
-    epochs: 200,
-    max_steps2: None,
-    ablation_steps2: None,
-    side_steps2: None,
-    validate_every: 100,
-    lora: [5000, 8, 16, usize::MAX],
-    decode_batch: 32,
-    free_running_row: true,
-    ablations: true,
-    joint_ablation: true,
-    residual: true,
-    max_steps1: None,
-    dev_max: usize::MAX,
-};
-
-/// Options of a run.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Profile.
-    pub profile: Profile,
-    /// Directory holding the paper's WMT22 files.
-    pub wmt22: PathBuf,
-    /// Output directory.
-    pub out: PathBuf,
-    /// `cpu`, `wgpu` or `cuda`.
-    pub device: String,
-    /// Tasks to run (`wmt22`, `ding`, `formality`).
-    pub tasks: Vec<String>,
-}
-
-/// Seed of the Ding splits (fixed: every run uses the same split).
-const SPLIT_SEED: u64 = 20_240_616;
-
-pub(crate) struct Run {
-    pub(crate) root: PathBuf,
-    pub(crate) pema: PathBuf,
-    pub(crate) model: String,
-    pub(crate) head: String,
-    pub(crate) opts: Options,
-}
-
-/// One task's files and settings.
-pub(crate) struct Task {
-    pub(crate) key: &'static str,
-    pub(crate) title: &'static str,
-    pub(crate) dir: PathBuf,
-    /// The paper's zero-shot prompt (`mt` or `formality`).
-    pub(crate) zero_template: &'static str,
-    /// The few-shot template file used for the PLM baseline, the memories and every method.
-    pub(crate) few_template: String,
-    /// Every method and ablation (main table) or the core set.
-    pub(crate) full: bool,
-}
-
-impl Task {
-    pub(crate) fn p(&self, rel: &str) -> String {
-        self.dir.join(rel).to_string_lossy().into_owned()
-    }
-}
-
-/// A decoded method of a task.
-pub(crate) struct Row {
-    pub(crate) method: String,
-    pub(crate) label: String,
-    pub(crate) group: &'static str,
-    pub(crate) train: Option<Value>,
-}
-
-impl Run {
-    pub(crate) fn pema_cmd(&self, args: &[&str]) -> Command {
-        eprintln!("$ pema {}", args.join(" "));
-        let mut c = Command::new(&self.pema);
-        c.args(args).current_dir(&self.root);
-        c
-    }
-
-    pub(crate) fn pema(&self, args: &[&str]) -> Result<()> {
-        let status = self
-            .pema_cmd(args)
-            .status()
-            .with_context(|| format!("running {}", self.pema.display()))?;
-        if !status.success() {
-            bail!("`pema {}` failed ({status})", args.join(" "));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn pema_stdout(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .pema_cmd(args)
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("running {}", self.pema.display()))?;
-        if !out.status.success() {
-            bail!("`pema {}` failed ({})", args.join(" "), out.status);
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Runs `f` unless the task's `marker` exists; writes the marker (seconds) afterwards.
-    pub(crate) fn stage(
-        &self,
-        task: &Task,
-        marker: &str,
-        what: &str,
-        f: impl FnOnce() -> Result<()>,
-    ) -> Result<f64> {
-        let path = task.dir.join("stages").join(marker);
-        if path.exists() {
-            eprintln!("== [{}] {what}: cached", task.key);
-            return Ok(fs::read_to_string(&path)?.trim().parse().unwrap_or(0.0));
-        }
-        eprintln!("== [{}] {what}", task.key);
-        let t = Instant::now();
-        f()?;
-        let secs = t.elapsed().as_secs_f64();
-        fs::create_dir_all(path.parent().unwrap_or(&task.dir))?;
-        fs::write(&path, format!("{secs:.1}\n"))?;
-        Ok(secs)
-    }
-
-    /// Decodes `pairs` (default: the test subset) into `hyp/<name>.txt` (+ summary JSON).
-    pub(crate) fn decode(
-        &self,
-        task: &Task,
-        name: &str,
-        template: &str,
-        extra: &[&str],
-    ) -> Result<()> {
-        self.decode_pairs(task, name, template, extra, "data/test.jsonl")
-    }
-
-    pub(crate) fn decode_pairs(
-        &self,
-        task: &Task,
-        name: &str,
-        template: &str,
-        extra: &[&str],
-        pairs: &str,
-    ) -> Result<()> {
-        self.stage(
-            task,
-            &format!("decode-{name}"),
-            &format!("decode {name}"),
-            || {
-                let (hyp, refs, summary) = (
-                    task.p(&format!("hyp/{name}.txt")),
-                    task.p(&format!("hyp/{name}.ref.txt")),
-                    task.p(&format!("hyp/{name}.summary.json")),
-                );
-                let test = task.p(pairs);
-                let bs = self.opts.profile.decode_batch.to_string();
-                let mut args = vec![
-                    "decode",
-                    "--model",
-                    &self.model,
-                    "--pairs",
-                    &test,
-                    "--template",
-                    template,
-                    "--out",
-                    &hyp,
-                    "--refs-out",
-                    &refs,
-                    "--summary",
-                    &summary,
-                    "--batch-size",
-                    &bs,
-                    "--device",
-                    &self.opts.device,
-                    // The memories' keys come from the f32 weights: decode with the same f(c).
-                    "--weights",
-                    "f32",
-                ];
-                args.extend_from_slice(extra);
-                self.pema(&args)
-            },
-        )?;
-        Ok(())
-    }
-
-    /// Trains an adapter `adapters/<name>` on the task's memories.
-    pub(crate) fn train(
-        &self,
-        task: &Task,
-        name: &str,
-        extra: &[&str],
-        ratio: f64,
-    ) -> Result<String> {
-        let prof = self.opts.profile;
-        let steps = if task.full {
-            prof.max_steps2
-        } else {
-            prof.side_steps2.or(prof.max_steps2)
-        };
-        self.train_on(task, name, "", extra, ratio, steps)
-    }
-
-    /// Trains `adapters/<name>` on `memory/{train,dev}<suffix>`.
-    pub(crate) fn train_on(
-        &self,
-        task: &Task,
-        name: &str,
-        suffix: &str,
-        extra: &[&str],
-        ratio: f64,
-        max_steps2: Option<u64>,
-    ) -> Result<String> {
-        let dir = task.p(&format!("adapters/{name}"));
-        let prof = self.opts.profile;
-        self.stage(
-            task,
-            &format!("train-{name}"),
-            &format!("train {name}"),
-            || {
-                let (rank, b1, b2, ep, ve, ratio_s) = (
-                    prof.rank.to_string(),
-                    prof.batch1.to_string(),
-                    prof.batch2.to_string(),
-                    prof.epochs.to_string(),
-                    prof.validate_every.to_string(),
-                    format!("{ratio:.4}"),
-                );
-                let (mem, dev) = (
-                    task.p(&format!("memory/train{suffix}")),
-                    task.p(&format!("memory/dev{suffix}")),
-                );
-                let mut args = vec![
-                    "train",
-                    "--memory",
-                    &mem,
-                    "--dev-memory",
-                    &dev,
-                    "--head",
-                    &self.head,
-                    "--out",
-                    &dir,
-                    "--rank",
-                    &rank,
-                    "--batch1",
-                    &b1,
-                    "--batch2",
-                    &b2,
-                    "--epochs",
-                    &ep,
-                    "--validate-every",
-                    &ve,
-                    "--length-ratio",
-                    &ratio_s,
-                    "--device",
-                    &self.opts.device,
-                ];
-                let cap = max_steps2.map(|s| s.to_string());
-                if let Some(cap) = &cap {
-                    args.extend_from_slice(&["--max-steps2", cap]);
-                }
-                let cap1 = prof.max_steps1.map(|s| s.to_string());
-                if let Some(cap) = &cap1 {
-                    args.extend_from_slice(&["--max-steps1", cap]);
-                }
-                let dev_max = prof.dev_max.to_string();
-                if prof.dev_max != usize::MAX {
-                    args.extend_from_slice(&["--dev-max", &dev_max]);
-                }
-                args.extend_from_slice(extra);
-                self.pema(&args)
-            },
-        )?;
-        Ok(dir)
-    }
-}
-
-fn take_lines(src: &Path, dst: &Path, n: usize) -> Result<usize> {
-    let text = fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(n)
-        .collect();
-    if let Some(parent) = dst.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    fs::write(dst, lines.join("\n") + "\n")?;
-    Ok(lines.len())
-}
-
-pub(crate) fn read_json(path: &Path) -> Option<Value> {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-}
+pub use crate::profile::{FULL, QUICK, STANDARD};
+pub use crate::run::Options;
+use crate::run::{Row, Run, SPLIT_SEED, Task, pema_args, read_json, take_lines};
 
 /// Runs the whole pipeline.
 pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
@@ -531,7 +110,8 @@ pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
         };
         fs::create_dir_all(task.dir.join("hyp"))?;
         let data = prepare_data(&run, &task)?;
-        let result = run_task(&run, &task, data)?;
+        let decodes = decode_methods(&run, &task)?;
+        let result = crate::scores::score_task(&run, &task, data, decodes)?;
         task_results.push(result);
     }
     let prof = run.opts.profile;
@@ -553,7 +133,7 @@ pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
         out.join("results.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
-    let md = report(&summary);
+    let md = crate::report::report(&summary);
     fs::write(out.join("report.md"), &md)?;
     eprintln!("report: {}", out.join("report.md").display());
     print!("{md}");
@@ -599,9 +179,9 @@ fn prepare_data(run: &Run, task: &Task) -> Result<Value> {
                 let ding = run.root.join("assets/ding/de-en");
                 let split_dir = run.root.join("assets/ding/splits").join(key);
                 let info = if key == "ding" {
-                    crate::tasks::prepare_ding_mt(&ding, &split_dir, SPLIT_SEED)?
+                    pema_pipeline::datasets::prepare_ding_mt(&ding, &split_dir, SPLIT_SEED)?
                 } else {
-                    crate::tasks::prepare_formality(&ding, &split_dir, SPLIT_SEED)?
+                    pema_pipeline::datasets::prepare_formality(&ding, &split_dir, SPLIT_SEED)?
                 };
                 (
                     split_dir.clone(),
@@ -642,46 +222,24 @@ fn length_ratio(model: &Path, pairs: &Path) -> Result<f64> {
         None,
         vec![],
     )?;
-    let (mut s, mut t) = (0usize, 0usize);
-    for line in fs::read_to_string(pairs)?.lines() {
-        let v: Value = serde_json::from_str(line)?;
-        let src = v["en"].as_str().or(v["source"].as_str()).unwrap_or("");
-        let tgt = v["du"].as_str().or(v["target"].as_str()).unwrap_or("");
-        s += tok.encode_continuation(src)?.len();
-        t += tok.encode_continuation(tgt)?.len();
-    }
-    if s == 0 {
-        bail!("no source tokens in {}", pairs.display());
-    }
-    Ok(t as f64 / s as f64)
+    let pairs = pema_pipeline::pairs::PairsFile::read(pairs)?;
+    pema_pipeline::pairs::length_ratio(&tok, &pairs.pairs)
+        .with_context(|| format!("length ratio of {}", pairs.path.display()))
 }
 
-/// `pema decode` arguments of a PEMA row: adapter, λmax, schedule (`gu`/`constant`) and length
-/// mode (`ratio`/`oracle`).
-pub(crate) fn pema_args<'a>(
-    adapter: &'a str,
-    lambda_max: &'a str,
-    schedule: &'a str,
-    length: &'a str,
-) -> [&'a str; 8] {
-    [
-        "--adapter",
-        adapter,
-        "--lambda-max",
-        lambda_max,
-        "--schedule",
-        schedule,
-        "--length",
-        length,
-    ]
+/// What the decoding stages of a task leave for scoring.
+pub(crate) struct Decodes {
+    /// Every decoded method (main table order).
+    pub(crate) rows: Vec<Row>,
+    /// The λmax sweep: (schedule, λmax, hypothesis name).
+    pub(crate) sweep: Vec<(&'static str, f64, String)>,
+    /// The task's target/source length ratio.
+    pub(crate) ratio: f64,
 }
 
-pub(crate) fn kappa_name(k: f64) -> String {
-    format!("pema-kappa-{k}")
-}
-
-/// Every stage of one task; returns its section of `results.json`.
-fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
+/// Every decoding stage of one task: PLM baselines, memories, kNN-LM, PEMA rows, the λmax
+/// sweep and LoRA.
+fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
     let prof = run.opts.profile;
     let few = task.few_template.as_str();
     let mut rows: Vec<Row> = Vec::new();
@@ -821,7 +379,7 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
                 dev_pairs,
             )?;
             let (s, b, r) = (steps.to_string(), batch.to_string(), rank.to_string());
-            let stdout = run.pema_stdout(&[
+            run.pema(&[
                 "lora",
                 "--model",
                 &run.model,
@@ -843,12 +401,11 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
                 "8",
                 "--device",
                 &run.opts.device,
+                "--summary",
+                &lora_summary.to_string_lossy(),
             ])?;
-            let line = stdout
-                .lines()
-                .rev()
-                .find(|l| l.trim_start().starts_with('{'));
-            fs::write(&lora_summary, line.unwrap_or("{}").to_string() + "\n")?;
+            // The typed summary must parse: a silent `{}` would drop LoRA's row data.
+            let _: LoraSummary = pema_pipeline::summary::read_json(&lora_summary)?;
             Ok(())
         })?;
         run.decode(task, "lora", few, &["--lora", &lora_dir])?;
@@ -860,413 +417,5 @@ fn run_task(run: &Run, task: &Task, data: Value) -> Result<Value> {
             read_json(&lora_summary),
         );
     }
-
-    // Scores: raw and post-processed, paired bootstrap against the 3-shot PLM.
-    let methods: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
-    let ordered: Vec<String> = std::iter::once("plm-3-shot".to_string())
-        .chain(methods.iter().filter(|m| *m != "plm-3-shot").cloned())
-        .collect();
-    for name in &ordered {
-        let raw = fs::read_to_string(task.dir.join(format!("hyp/{name}.txt")))?;
-        let post: Vec<String> = raw
-            .lines()
-            .map(pema_metrics::postprocess::postprocess)
-            .collect();
-        fs::write(
-            task.dir.join(format!("hyp/{name}.post.txt")),
-            post.join("\n") + "\n",
-        )?;
-    }
-    let refs = task.p("hyp/plm-3-shot.ref.txt");
-    let score = |suffix: &str| -> Result<Vec<Value>> {
-        let mut args: Vec<String> = vec!["score".into()];
-        for name in &ordered {
-            args.push("--hyp".into());
-            args.push(task.p(&format!("hyp/{name}{suffix}.txt")));
-        }
-        args.extend(
-            [
-                "--ref",
-                &refs,
-                "--metrics",
-                "bleu,chrf,chrf++,ter",
-                "--json",
-                "--paired-bs",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        Ok(run
-            .pema_stdout(&argv)?
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
-    };
-    let raw_scores = score("")?;
-    let post_scores = score(".post")?;
-    let pick = |scores: &[Value], name: &str| -> Vec<Value> {
-        let file = task.p(&format!("hyp/{name}"));
-        scores
-            .iter()
-            .filter(|s| {
-                s["system"].as_str().is_some_and(|sys| {
-                    sys.starts_with(&file) && {
-                        let rest = &sys[file.len()..];
-                        rest == ".txt" || rest == ".post.txt"
-                    }
-                })
-            })
-            .cloned()
-            .collect()
-    };
-    let mut method_rows = Vec::new();
-    for r in &rows {
-        let decode = read_json(&task.dir.join(format!("hyp/{}.summary.json", r.method)));
-        method_rows.push(json!({
-            "method": r.method,
-            "label": r.label,
-            "group": r.group,
-            "raw": pick(&raw_scores, &r.method),
-            "post": pick(&post_scores, &r.method),
-            "decode": decode,
-            "train": r.train,
-        }));
-    }
-
-    // Sweep scores and plots.
-    let plots = task.dir.join("plots");
-    fs::create_dir_all(&plots)?;
-    let mut plot_files = Vec::new();
-    let bleu_of = |hyp: &str, refs: &str| -> Result<f64> {
-        let out = run.pema_stdout(&[
-            "score",
-            "--hyp",
-            hyp,
-            "--ref",
-            refs,
-            "--metrics",
-            "bleu",
-            "--json",
-        ])?;
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|v| v["score"].as_f64())
-            .context("no BLEU in `pema score` output")
-    };
-    let mut sweep_points = Vec::new();
-    if !sweep.is_empty() {
-        let mut gu = Vec::new();
-        let mut constant = Vec::new();
-        for (sched, l, name) in &sweep {
-            let b = bleu_of(
-                &task.p(&format!("hyp/{name}.txt")),
-                &task.p(&format!("hyp/{name}.ref.txt")),
-            )?;
-            sweep_points.push(json!({"schedule": sched, "lambda_max": l, "bleu": b}));
-            if *sched == "gu" {
-                gu.push((*l, b))
-            } else {
-                constant.push((*l, b))
-            }
-        }
-        let plm = bleu_of(
-            &task.p("hyp/sweep-plm.txt"),
-            &task.p("hyp/sweep-plm.ref.txt"),
-        )?;
-        sweep_points.push(json!({"schedule": "plm", "bleu": plm}));
-        let xs: Vec<f64> = prof.lambda_sweep.to_vec();
-        let path = plots.join("bleu_vs_lambda_max.png");
-        line_chart(
-            &path,
-            &format!(
-                "{}: BLEU vs λmax ({} sentences)",
-                task.key, prof.sweep_pairs
-            ),
-            "λmax",
-            "BLEU",
-            &[
-                Series {
-                    label: "Gradual Unrolling".into(),
-                    points: gu,
-                },
-                Series {
-                    label: "constant λ".into(),
-                    points: constant,
-                },
-                Series {
-                    label: "PLM alone (3-shot)".into(),
-                    points: xs.iter().map(|&x| (x, plm)).collect(),
-                },
-            ],
-        )?;
-        plot_files.push(path);
-    }
-    if task.full {
-        // κ sweep: κ = 0 (ablation), 0.2 (paper), extras.
-        let mut pts = Vec::new();
-        let bleu_row = |m: &str| -> Option<f64> {
-            raw_scores
-                .iter()
-                .find(|s| {
-                    s["name"] == "BLEU"
-                        && s["system"].as_str() == Some(task.p(&format!("hyp/{m}.txt")).as_str())
-                })
-                .and_then(|s| s["score"].as_f64())
-        };
-        for (k, m) in std::iter::once((0.0, "pema-kappa-0".to_string()))
-            .chain(std::iter::once((0.2, "pema-gu".to_string())))
-            .chain(prof.extra_kappas.iter().map(|&k| (k, kappa_name(k))))
-        {
-            if let Some(b) = bleu_row(&m) {
-                pts.push((k, b));
-            }
-        }
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if pts.len() >= 2 {
-            let path = plots.join("bleu_vs_kappa.png");
-            line_chart(
-                &path,
-                &format!("{}: BLEU vs κ (GU, λmax 0.9)", task.key),
-                "κ",
-                "BLEU",
-                &[Series {
-                    label: "PEMA".into(),
-                    points: pts,
-                }],
-            )?;
-            plot_files.push(path);
-        }
-    }
-    // Training curves: phase-2 dev loss of every adapter of the task.
-    let mut curves = Vec::new();
-    if let Ok(entries) = fs::read_dir(task.dir.join("adapters")) {
-        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        dirs.sort();
-        for d in dirs {
-            let Ok(log) = fs::read_to_string(d.join("train_log.jsonl")) else {
-                continue;
-            };
-            let pts: Vec<(f64, f64)> = log
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v["event"] == "dev" && v["phase"] == 2)
-                .filter_map(|v| Some((v["step"].as_f64()?, v["pd"].as_f64()?)))
-                .collect();
-            if !pts.is_empty() {
-                let name = d
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                curves.push(Series {
-                    label: name,
-                    points: pts,
-                });
-            }
-        }
-    }
-    if !curves.is_empty() {
-        let path = plots.join("training_curves.png");
-        line_chart(
-            &path,
-            &format!("{}: phase-2 dev L_pd (nats/token)", task.key),
-            "step",
-            "dev L_pd",
-            &curves,
-        )?;
-        plot_files.push(path);
-    }
-    // The λ schedule actually used: per-step λ of the first sequences (leak-free GU).
-    if let Ok(trace) = fs::read_to_string(task.dir.join("hyp/pema-gu.trace.jsonl")) {
-        let mut series: Vec<Series> = Vec::new();
-        for v in trace
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        {
-            let (Some(seq), Some(step), Some(l)) =
-                (v["seq"].as_u64(), v["step"].as_f64(), v["lambda"].as_f64())
-            else {
-                continue;
-            };
-            if seq >= 3 {
-                continue;
-            }
-            let label = format!("GU, sentence {seq}");
-            match series.iter_mut().find(|s| s.label == label) {
-                Some(s) => s.points.push((step, l)),
-                None => series.push(Series {
-                    label,
-                    points: vec![(step, l)],
-                }),
-            }
-        }
-        if let Some(max_step) = series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .reduce(f64::max)
-        {
-            series.push(Series {
-                label: "constant λ".into(),
-                points: vec![(0.0, 0.9), (max_step, 0.9)],
-            });
-            let path = plots.join("lambda_schedule.png");
-            line_chart(
-                &path,
-                "λ_k per decoding step (leak-free GU, λmax 0.9)",
-                "step k",
-                "λ_k",
-                &series,
-            )?;
-            plot_files.push(path);
-        }
-    }
-    Ok(json!({
-        "task": task.key,
-        "title": task.title,
-        "data": data,
-        "length_ratio": ratio,
-        "methods": method_rows,
-        "lambda_sweep": sweep_points,
-        "plots": plot_files
-            .iter()
-            .map(|p| task.dir.parent().and_then(|o| p.strip_prefix(o).ok()).unwrap_or(p))
-            .collect::<Vec<_>>(),
-    }))
-}
-
-fn metric<'a>(scores: &'a Value, name: &str) -> Option<&'a Value> {
-    scores
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-}
-
-fn fmt_score(scores: &Value, name: &str) -> String {
-    metric(scores, name)
-        .and_then(|s| s["score"].as_f64())
-        .map_or("–".into(), |v| format!("{v:.2}"))
-}
-
-fn report(summary: &Value) -> String {
-    let mut r = String::new();
-    let _ = writeln!(
-        r,
-        "# pema reproduce-paper ({} profile, device {})\n",
-        summary["profile"].as_str().unwrap_or("?"),
-        summary["device"].as_str().unwrap_or("?"),
-    );
-    let _ = writeln!(
-        r,
-        "Model {}. Adapter r = {}, κ = 0.2, keys standardised per dimension (pema; the paper-exact raw \
-         keys are an ablation row), phase batches {}/{}, ≤ {} epochs, step caps {}/{} (phase 1/2), \
-         validation every {} steps on {} dev entries (early stopping: the paper's rule, best weights \
-         kept). Memories: teacher-forced with the task's 3-shot prompt. Decoding: greedy, f32 \
-         weights (as the memories), stop at the newline. Stage time {:.0} s in all (cached stages \
-         included).\n",
-        summary["model"].as_str().unwrap_or("?"),
-        summary["adapter"]["rank"],
-        summary["adapter"]["batch1"],
-        summary["adapter"]["batch2"],
-        summary["adapter"]["epochs"],
-        summary["adapter"]["max_steps1"],
-        summary["adapter"]["max_steps2"],
-        summary["adapter"]["validate_every"],
-        summary["adapter"]["dev_max"],
-        summary["stage_seconds_total"].as_f64().unwrap_or(0.0),
-    );
-    for t in summary["tasks"].as_array().into_iter().flatten() {
-        let d = &t["data"];
-        let _ = writeln!(
-            r,
-            "## {}\n\n{} train / {} dev / {} test pairs; length ratio {:.3}.\n",
-            t["title"].as_str().unwrap_or("?"),
-            d["train"],
-            d["dev"],
-            d["test"],
-            t["length_ratio"].as_f64().unwrap_or(0.0)
-        );
-        let _ = writeln!(
-            r,
-            "| method | BLEU | chrF2 | chrF2++ | TER | BLEU post-proc. | p BLEU | p chrF2 | train s | peak RSS MiB | trainable params | decode tok/s |"
-        );
-        let _ = writeln!(r, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for m in t["methods"].as_array().into_iter().flatten() {
-            let raw = &m["raw"];
-            let pv = |name: &str| {
-                metric(raw, name)
-                    .and_then(|s| s["p_value"].as_f64())
-                    .map_or("–".into(), |p| format!("{p:.4}"))
-            };
-            let (p, pc) = (pv("BLEU"), pv("chrF2"));
-            let train = &m["train"];
-            let _ = writeln!(
-                r,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                m["label"].as_str().unwrap_or("?"),
-                fmt_score(raw, "BLEU"),
-                fmt_score(raw, "chrF2"),
-                fmt_score(raw, "chrF2++"),
-                fmt_score(raw, "TER"),
-                fmt_score(&m["post"], "BLEU"),
-                p,
-                pc,
-                train["seconds"]
-                    .as_f64()
-                    .map_or("–".into(), |v| format!("{v:.0}")),
-                train["peak_rss_bytes"]
-                    .as_f64()
-                    .map_or("–".into(), |v| format!("{:.0}", v / 1048576.0)),
-                train["trainable_params"]
-                    .as_u64()
-                    .map_or("–".into(), |v| v.to_string()),
-                m["decode"]["tokens_per_s"]
-                    .as_f64()
-                    .map_or("–".into(), |v| format!("{v:.1}")),
-            );
-        }
-        let _ = writeln!(r);
-        let _ = writeln!(
-            r,
-            "The paper's claims on this task (p < 0.05 on BLEU and chrF2 for \"beats\"):\n\n{}",
-            crate::claims::claims_table(t)
-        );
-        if let Some(sw) = t["lambda_sweep"].as_array().filter(|a| !a.is_empty()) {
-            let _ = writeln!(r, "λmax sweep ({} test sentences), BLEU:\n", d["sweep"]);
-            let _ = writeln!(r, "| λmax | GU | constant |\n|---|---|---|");
-            let mut lambdas: Vec<f64> =
-                sw.iter().filter_map(|v| v["lambda_max"].as_f64()).collect();
-            lambdas.dedup();
-            for l in lambdas {
-                let get = |s: &str| {
-                    sw.iter()
-                        .find(|v| v["schedule"] == s && v["lambda_max"].as_f64() == Some(l))
-                        .and_then(|v| v["bleu"].as_f64())
-                        .map_or("–".into(), |b| format!("{b:.2}"))
-                };
-                let _ = writeln!(r, "| {l} | {} | {} |", get("gu"), get("constant"));
-            }
-            if let Some(p) = sw.iter().find(|v| v["schedule"] == "plm") {
-                let _ = writeln!(
-                    r,
-                    "\nPLM alone (3-shot) on the same sentences: {:.2}.",
-                    p["bleu"].as_f64().unwrap_or(0.0)
-                );
-            }
-            let _ = writeln!(r);
-        }
-        for p in t["plots"].as_array().into_iter().flatten() {
-            if let Some(p) = p.as_str() {
-                let _ = writeln!(r, "![]({p})");
-            }
-        }
-        let _ = writeln!(r);
-    }
-    let _ = writeln!(
-        r,
-        "Scores are sacreBLEU-compatible (signatures in results.json); raw = the decoded line as is, \
-         post-proc. = pema-metrics `postprocess` (echoed prompt labels cut, repeated words collapsed). \
-         p: paired bootstrap (1000 resamples) of BLEU against the 3-shot PLM. The oracle row reads \
-         the reference length at test time (the official code's behaviour) and is not a fair result. \
-         Peak RSS is the whole training process (PEMA: head + memory; LoRA: the whole model)."
-    );
-    r
+    Ok(Decodes { rows, sweep, ratio })
 }

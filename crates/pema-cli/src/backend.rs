@@ -3,7 +3,7 @@
 //! Library crates are generic over `B: Backend`; the binary picks one here. Every task runs on
 //! an autodiff backend `B` (training needs it); inference code uses `B::InnerBackend`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 
 /// Where to run.
@@ -93,61 +93,4 @@ unsafe fn libloading_probe(name: &str) -> bool {
 #[cfg(not(feature = "cuda"))]
 fn run_cuda<T: BackendTask>(_task: T) -> Result<T::Output> {
     anyhow::bail!("this pema binary was built without CUDA support: rebuild with `--features cuda`")
-}
-
-/// An engine over `model` for `device`: CPU kernels on the CPU (with the packed weights of
-/// `model_dir/model.gguf` unless `--weights f32` or `model_dir` is `None`, e.g. after a LoRA
-/// merge), the reference elsewhere; at most `max_batch` sequences at once; the template's
-/// prefix shared unless disabled.
-#[allow(clippy::too_many_arguments)]
-pub fn engine<'m, B: burn::tensor::backend::Backend>(
-    model: &'m pema_backbone::Transformer<B>,
-    model_dir: Option<&std::path::Path>,
-    tok: &pema_backbone::PemaTokenizer,
-    template: &pema_memory::PromptTemplate,
-    device: DeviceArg,
-    serve: &crate::args::ServeArgs,
-    default_weights: crate::args::WeightsArg,
-    max_batch: usize,
-) -> anyhow::Result<pema_backbone::Engine<'m, B>> {
-    let mut e = pema_backbone::Engine::new(model).with_max_batch(max_batch);
-    if device == DeviceArg::Cpu {
-        let gguf = model_dir
-            .map(|d| d.join("model.gguf"))
-            .filter(|p| p.is_file());
-        let kernels = match (serve.weights.unwrap_or(default_weights), gguf) {
-            (crate::args::WeightsArg::Packed, Some(path)) => {
-                let file = pema_backbone::gguf::GgufFile::open(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let packed =
-                    pema_backbone::packed::PackedModel::from_gguf(&file, model.config.n_layers)?;
-                let (n, bytes) = packed.summary();
-                eprintln!(
-                    "packed weights: {n} matrices, {:.0} MB, {:?} kernels",
-                    bytes as f64 / 1e6,
-                    packed.simd()
-                );
-                pema_backbone::CpuKernels::with_packed(std::sync::Arc::new(packed))
-            }
-            _ => pema_backbone::CpuKernels::new(),
-        };
-        e = e.with_kernels(Box::new(kernels));
-    }
-    if !serve.no_shared_prefix {
-        e.set_prefix(&template_prefix(tok, template)?)?;
-    }
-    Ok(e)
-}
-
-/// The template's fixed beginning (everything before `{source}`) as prompt tokens.
-pub fn template_prefix(
-    tok: &pema_backbone::PemaTokenizer,
-    template: &pema_memory::PromptTemplate,
-) -> anyhow::Result<Vec<u32>> {
-    let head = template
-        .text
-        .split(pema_memory::template::SOURCE_PLACEHOLDER)
-        .next()
-        .unwrap_or("");
-    Ok(tok.encode_prompt(head)?)
 }

@@ -1,19 +1,39 @@
-//! `pema decode`: batched greedy decoding of a pairs file with the PLM alone or with PEMA
-//! (log-space mixture, constant λ or Gradual Unrolling; paper §4). Writes one hypothesis per
-//! line, aligned with the input pairs, plus optional per-step traces.
+//! `pema decode`: argument parsing for [`pema_pipeline::decode`] (batched greedy decoding of a
+//! pairs file with the PLM, PEMA, kNN-LM or a LoRA-merged PLM; paper §4) and the files it
+//! writes: one hypothesis per line, aligned with the input pairs, plus optional references,
+//! traces and summary.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use pema_adapter::PemaAdapter;
-use pema_backbone::{GenerateOptions, Greedy, LoadedModel, Plm};
+use pema_adapter::{PemaAdapter, PemaLogits};
+use pema_backbone::LoadedModel;
 use pema_memory::{PairsFile, PromptTemplate};
-use pema_schedule::{
-    KnnLmPolicy, OracleLengths, PemaPolicy, Schedule, parse_length_mode, plan_lengths,
-};
+use pema_pipeline::decode::DEFAULT_LENGTH_RATIO;
+use pema_pipeline::summary::write_lines;
+use pema_pipeline::{CpuWeights, DecodeMethod, DecodeRequest, DecodeSummary, knn};
+use pema_schedule::{LengthSpec, Schedule, ScheduleKind};
+
+/// `--schedule` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleArg {
+    /// Gradual Unrolling.
+    #[value(alias = "gradual-unrolling")]
+    Gu,
+    /// Constant λ.
+    Constant,
+}
+
+impl From<ScheduleArg> for ScheduleKind {
+    fn from(a: ScheduleArg) -> Self {
+        match a {
+            ScheduleArg::Gu => ScheduleKind::GradualUnrolling,
+            ScheduleArg::Constant => ScheduleKind::Constant,
+        }
+    }
+}
 
 /// Arguments of `pema decode`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,8 +64,8 @@ pub struct DecodeArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// λ schedule: `gu` (Gradual Unrolling) or `constant`.
-    #[arg(long, default_value = "gu")]
-    pub schedule: String,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Gu)]
+    pub schedule: ScheduleArg,
     /// λmax (GU's λ₀; the constant λ).
     #[arg(long, default_value_t = 0.9)]
     pub lambda_max: f64,
@@ -55,8 +75,8 @@ pub struct DecodeArgs {
     /// GU horizon L and maximum length: `ratio` (default, from the source length; no
     /// reference at test time), `oracle` (from the reference, the official code's leak;
     /// labelled as such) or a fixed number of steps.
-    #[arg(long, default_value = "ratio")]
-    pub length: String,
+    #[arg(long, default_value = "ratio", value_parser = parse_length)]
+    pub length: LengthSpec,
     /// Target/source token-length ratio; default: the adapter's recorded ratio, else 1.5.
     #[arg(long)]
     pub length_ratio: Option<f64>,
@@ -81,45 +101,21 @@ pub struct DecodeArgs {
     pub device: crate::backend::DeviceArg,
 }
 
-/// Decoding summary printed as one JSON line on stderr.
-#[derive(Debug, serde::Serialize)]
-pub struct DecodeSummary {
-    /// Sequences decoded.
-    pub sequences: usize,
-    /// Tokens generated.
-    pub tokens: usize,
-    /// Wall-clock seconds.
-    pub seconds: f64,
-    /// Generated tokens per second.
-    pub tokens_per_s: f64,
-    /// Whether any length came from the reference (oracle mode).
-    pub uses_reference: bool,
-    /// "plm" or the schedule used.
-    pub method: String,
+fn parse_length(s: &str) -> Result<LengthSpec, String> {
+    s.parse()
+        .map_err(|e: pema_schedule::ScheduleError| e.to_string())
 }
 
-/// Runs `pema decode` on a loaded model.
+/// Runs `pema decode` on a loaded model (LoRA already merged when `--lora` is given).
 pub fn run<B: Backend>(
     args: &DecodeArgs,
     m: &LoadedModel<B>,
     device: &B::Device,
 ) -> Result<DecodeSummary> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let pairs = PairsFile::read(&args.input.pairs)?;
     let template = PromptTemplate::resolve(&args.input.template)?;
     let n = args.limit.unwrap_or(pairs.len()).min(pairs.len());
     let pairs = &pairs.pairs[..n];
-    let tok = &m.tokenizer;
-    let prompts = pairs
-        .iter()
-        .map(|p| tok.encode_prompt(&template.render(&p.source)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let source_lens = pairs
-        .iter()
-        .map(|p| tok.encode_continuation(&p.source).map(|v| v.len()))
-        .collect::<Result<Vec<_>, _>>()?;
     let head = args.head.fused(&m.model.head)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(
@@ -128,129 +124,86 @@ pub fn run<B: Backend>(
         ),
         None => None,
     };
-    let ratio = args
+    let length_ratio = args
         .length_ratio
         .or_else(|| adapter.as_ref().and_then(|(_, meta)| meta.length_ratio))
-        .unwrap_or(1.5);
-    let (horizon_mode, max_mode) = parse_length_mode(&args.length, Some(ratio))?;
-    let oracle = if args.length.trim() == "oracle" {
-        // The official code's horizon: tokens of prompt + source + reference (a test-time leak).
-        let mut o = OracleLengths::default();
-        for (p, prompt) in pairs.iter().zip(&prompts) {
-            let r = tok.encode_continuation(&p.target)?.len();
-            o.horizon.push(prompt.len() + r);
-            o.reference.push(r);
-        }
+        .unwrap_or(DEFAULT_LENGTH_RATIO);
+    if args.length.is_oracle() {
         eprintln!(
             "WARNING: --length oracle reads the references at test time (the official code's behaviour)"
         );
-        Some(o)
-    } else {
-        None
-    };
-    let plan = plan_lengths(horizon_mode, max_mode, &source_lens, oracle.as_ref())?;
+    }
     let datastore = match &args.knn_memory {
-        Some(dir) => Some(crate::knn_cmd::Datastore::open(dir)?),
+        Some(dir) => Some(
+            knn::Datastore::open(dir)
+                .with_context(|| format!("opening the kNN datastore {}", dir.display()))?,
+        ),
         None => None,
     };
-    let knn_keys = match &datastore {
-        Some(ds) => Some(ds.standardized()?),
-        None => None,
-    };
-    let knn = match (&knn_keys, &args.knn_params) {
-        (Some(keys), Some(p)) => Some((
-            crate::knn_cmd::index::<B>(keys, device)?,
-            crate::knn_cmd::read_params(p)?,
-        )),
-        _ => None,
-    };
-    let stop = tok.stop_ids();
-    let schedule = Schedule::from_cli(&args.schedule, args.lambda_max, args.lambda_floor)?;
-    let mut hyps = Vec::with_capacity(n);
-    let mut traces = Vec::new();
+    let knn_keys = datastore.as_ref().map(|d| d.standardized()).transpose()?;
+    let knn_index = knn_keys
+        .as_ref()
+        .map(|k| knn::index::<B>(k, device))
+        .transpose()?;
     let start = Instant::now();
-    let mut tokens = 0;
-    // Continuous batching over the whole file: at most --batch-size sequences at once.
     // A LoRA-merged model has weights the GGUF does not: no packed weights then.
     let packed_dir = args.lora.is_none().then_some(args.input.model.as_path());
-    let engine = crate::backend::engine(
+    let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
+    let (engine, info) = pema_pipeline::engine(
         &m.model,
         packed_dir,
-        tok,
+        &m.tokenizer,
         &template,
-        args.device,
-        &args.serve,
-        crate::args::WeightsArg::Packed,
-        args.batch_size,
+        &args.serve.options(args.batch_size, on_cpu),
+        CpuWeights::Packed,
     )?;
-    let opts = GenerateOptions {
-        max_new_tokens: plan.max_new_tokens.clone(),
-        stop_tokens: stop,
+    if let Some(p) = &info.packed {
+        eprintln!("packed weights: {p}");
+    }
+    let method = match (&adapter, &knn_index, &knn_keys, &args.knn_params) {
+        (Some((a, _)), ..) => DecodeMethod::Pema {
+            logits: PemaLogits::new(a, &head)?,
+            schedule: Schedule::new(args.schedule.into(), args.lambda_max, args.lambda_floor)?,
+            trace: args.trace.is_some(),
+        },
+        (None, Some(index), Some(keys), Some(p)) => DecodeMethod::KnnLm {
+            index,
+            keys,
+            params: knn::read_params(p)?,
+        },
+        _ => DecodeMethod::Plm,
     };
-    let out = if prompts.is_empty() {
-        Vec::new()
+    let name = if args.lora.is_some() {
+        "lora".to_string()
     } else {
-        match &adapter {
-            None if knn.is_some() => {
-                let (Some((index, params)), Some(keys)) = (&knn, &knn_keys) else {
-                    bail!("kNN-LM datastore missing");
-                };
-                let mut policy = KnnLmPolicy::new(index, keys, *params)?;
-                engine.generate(&prompts, &opts, &mut policy)?
-            }
-            None => engine.generate(&prompts, &opts, &mut Greedy)?,
-            Some((a, _)) => {
-                let pema = pema_adapter::PemaLogits::new(a, &head)?;
-                let mut policy = PemaPolicy::new(pema, schedule, plan.horizons.clone())?;
-                if args.trace.is_some() {
-                    policy = policy.with_traces(0);
-                }
-                let out = engine.generate(&prompts, &opts, &mut policy)?;
-                traces.extend(policy.take_traces());
-                out
-            }
-        }
+        method.name()
     };
-    for ids in out {
-        tokens += ids.len();
-        let text = tok.decode(&ids)?;
-        // One hypothesis per line: cut at the first newline (the paper's stopping rule).
-        hyps.push(text.split('\n').next().unwrap_or("").trim().to_string());
-    }
-    eprint!("decoded {}/{n} ({})", hyps.len(), engine.kernels_name());
-    eprintln!();
+    let request = DecodeRequest {
+        pairs,
+        template: &template,
+        length: args.length,
+        length_ratio,
+    };
+    let decoded = pema_pipeline::decode_pairs(&engine, &m.tokenizer, &request, method)?;
+    eprintln!(
+        "decoded {}/{n} ({})",
+        decoded.hypotheses.len(),
+        engine.kernels_name()
+    );
     let seconds = start.elapsed().as_secs_f64();
-    let mut f = std::fs::File::create(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    for h in &hyps {
-        writeln!(f, "{h}")?;
-    }
+    write_lines(&args.out, &decoded.hypotheses)?;
     if let Some(path) = &args.refs_out {
-        let mut f =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        for p in pairs {
-            writeln!(f, "{}", p.target.replace('\n', " "))?;
-        }
+        write_lines(path, pairs.iter().map(|p| p.target.replace('\n', " ")))?;
     }
     if let Some(path) = &args.trace {
-        // Rows of a step come in batch order; write sequence after sequence.
-        traces.sort_by_key(|t| (t.seq, t.step));
-        pema_schedule::write_traces_jsonl(path, &traces)?;
+        pema_schedule::write_traces_jsonl(path, &decoded.traces)?;
     }
     Ok(DecodeSummary {
         sequences: n,
-        tokens,
+        tokens: decoded.tokens,
         seconds,
-        tokens_per_s: tokens as f64 / seconds.max(1e-9),
-        uses_reference: plan.uses_reference,
-        method: if adapter.is_some() {
-            format!("pema-{}", args.schedule)
-        } else if knn.is_some() {
-            "knn-lm".into()
-        } else if args.lora.is_some() {
-            "lora".into()
-        } else {
-            "plm".into()
-        },
+        tokens_per_s: decoded.tokens as f64 / seconds.max(1e-9),
+        uses_reference: decoded.uses_reference,
+        method: name,
     })
 }

@@ -2,12 +2,14 @@
 //! (token-level NLL of the gold values, as kNN-LM tunes on validation perplexity) and writes
 //! them as JSON for `pema decode --knn-memory … --knn-params …`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use pema_memory::{ExactKnn, MemoryStore, Metric};
-use pema_schedule::{KnnLmParams, KnnTuneReport, StandardizedSource, tune_knn_lm};
+use pema_memory::MemoryStore;
+use pema_pipeline::knn::{Datastore, index};
+use pema_pipeline::summary::write_json_pretty;
+use pema_schedule::{KnnTuneReport, tune_knn_lm};
 
 /// Arguments of `pema knn-tune`.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,54 +49,12 @@ pub struct KnnTuneArgs {
     pub head_opts: crate::head_args::HeadArgs,
 }
 
-/// The datastore of kNN-LM: the memory, read standardised, and its exact index.
-pub struct Datastore {
-    store: MemoryStore,
-    mean: Vec<f32>,
-    std: Vec<f32>,
-}
-
-impl Datastore {
-    /// Opens a memory and computes its key statistics.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let store = MemoryStore::open(dir)
-            .with_context(|| format!("opening the kNN datastore {}", dir.display()))?;
-        let (mean, std) = pema_adapter::key_stats_host(&store)?;
-        Ok(Self { store, mean, std })
-    }
-
-    /// The standardised view of the memory.
-    pub fn standardized(&self) -> Result<StandardizedSource<'_>> {
-        Ok(StandardizedSource::new(
-            &self.store,
-            self.mean.clone(),
-            self.std.clone(),
-        )?)
-    }
-}
-
-/// Builds the exact L2 index over the standardised keys on `device`.
-pub fn index<B: Backend>(keys: &StandardizedSource<'_>, device: &B::Device) -> Result<ExactKnn<B>> {
-    Ok(ExactKnn::new(keys, Metric::L2, 0, device)?)
-}
-
-/// Reads parameters written by `pema knn-tune` (the `best.params` object).
-pub fn read_params(path: &Path) -> Result<KnnLmParams> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let p: KnnLmParams = serde_json::from_value(v["best"]["params"].clone())
-        .with_context(|| format!("{}: no best.params object", path.display()))?;
-    p.validate()?;
-    Ok(p)
-}
-
 /// Runs `pema knn-tune` on backend `B`.
 pub fn run<B: Backend>(args: &KnnTuneArgs, device: &B::Device) -> Result<KnnTuneReport> {
     let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
     let head = args.head_opts.load::<B>(&args.head, device, on_cpu)?;
-    let ds = Datastore::open(&args.memory)?;
+    let ds = Datastore::open(&args.memory)
+        .with_context(|| format!("opening the kNN datastore {}", args.memory.display()))?;
     let keys = ds.standardized()?;
     let idx = index::<B>(&keys, device)?;
     let dev = MemoryStore::open(&args.dev_memory)
@@ -109,8 +69,7 @@ pub fn run<B: Backend>(args: &KnnTuneArgs, device: &B::Device) -> Result<KnnTune
         &args.lambda,
         args.max_dev,
     )?;
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_json_pretty(&args.out, &report)?;
     eprintln!(
         "kNN-LM on {} dev entries: best k {}, T {:.4}, λ {} (dev NLL {:.4}; PLM alone {:.4})",
         report.dev_entries,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
-use pema_lora::{LORA_FORMAT, LoraConfig, LoraMeta, LoraTarget};
-use pema_memory::{PairsFile, PromptTemplate};
+use pema_lora::{LoraConfig, LoraTarget};
+use pema_memory::PromptTemplate;
 
 use crate::backend::{BackendTask, DeviceArg};
 
@@ -56,6 +56,9 @@ pub struct LoraArgs {
     /// Seed of the initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write the summary (the JSON line printed on stdout) to this file.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub no_progress: bool,
@@ -95,56 +98,25 @@ impl BackendTask for &LoraArgs {
 }
 
 /// Runs `pema lora` on the autodiff backend `B` (the frozen model and dev evaluation live on
-/// its inner backend).
+/// its inner backend) and prints the summary as one JSON line on stdout.
 pub fn run<B: AutodiffBackend>(args: &LoraArgs, device: &B::Device) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let m = pema_backbone::load_model_dir::<B::InnerBackend>(&args.input.model, device)
         .with_context(|| format!("loading model {}", args.input.model.display()))?;
     let template = PromptTemplate::resolve(&args.input.template)
         .with_context(|| format!("reading the template {}", args.input.template))?;
-    let read = |path: &PathBuf| -> anyhow::Result<Vec<pema_lora::Example>> {
-        let pairs = PairsFile::read(path)?;
-        Ok(pema_lora::encode_pairs(
-            &m.tokenizer,
-            &template,
-            &pairs.pairs,
-        )?)
-    };
-    let train = read(&args.input.pairs)?;
-    let dev = read(&args.dev_pairs)?;
-    eprintln!(
-        "pema lora: model {} ({} blocks), {} training pairs, {} dev pairs, rank {}, α {}, targets {}",
-        m.model.config.name,
-        m.model.config.n_layers,
-        train.len(),
-        dev.len(),
-        cfg.rank,
-        cfg.alpha,
-        args.targets
-    );
-    let (lora, report) = pema_lora::train::<B>(&m.model, &train, &dev, &cfg)?;
-    let meta = LoraMeta {
-        format: LORA_FORMAT.to_string(),
-        model: m.model.config.name.clone(),
-        weights_sha256: m.weights_sha256.clone(),
-        config: cfg,
-        slots: lora.slots.clone(),
-        report: Some(report.clone()),
-    };
-    lora.save(&args.out, &meta)
-        .with_context(|| format!("writing LoRA weights to {}", args.out.display()))?;
-    let summary = serde_json::json!({
-        "method": "lora",
-        "out": args.out,
-        "seconds": report.seconds,
-        "peak_rss_bytes": report.peak_rss_bytes,
-        "trainable_params": report.trainable_params,
-        "best_dev_loss": report.best_dev_loss,
-        "best_step": report.best_step,
-        "steps": report.steps,
-        "epochs": report.epochs,
-        "stopped_early": report.stopped_early,
-    });
-    println!("{summary}");
+    let summary = pema_pipeline::lora::train_lora::<B>(
+        &m,
+        &template,
+        &args.input.pairs,
+        &args.dev_pairs,
+        &cfg,
+        &args.out,
+    )
+    .with_context(|| format!("training LoRA into {}", args.out.display()))?;
+    if let Some(path) = &args.summary {
+        pema_pipeline::summary::write_json_line(path, &summary)?;
+    }
+    println!("{}", pema_pipeline::summary::to_json_line(&summary)?);
     Ok(())
 }

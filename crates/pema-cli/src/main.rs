@@ -175,12 +175,10 @@ impl BackendTask for &decode_cmd::DecodeArgs {
                 .with_context(|| format!("loading LoRA weights {}", dir.display()))?;
         }
         let summary = decode_cmd::run::<B::InnerBackend>(self, &m, &device)?;
-        let line = serde_json::to_string(&summary)?;
         if let Some(path) = &self.summary {
-            std::fs::write(path, format!("{line}\n"))
-                .with_context(|| format!("writing {}", path.display()))?;
+            pema_pipeline::summary::write_json_line(path, &summary)?;
         }
-        eprintln!("{line}");
+        eprintln!("{}", pema_pipeline::summary::to_json_line(&summary)?);
         Ok(())
     }
 }
@@ -227,16 +225,17 @@ impl BackendTask for MemoryBuild<'_> {
             state: pema_memory::KeyState::pre_final_norm(m.model.config.n_layers - 1),
         };
         let template = pema_memory::PromptTemplate::resolve(&self.0.input.template)?;
-        let engine = backend::engine(
+        let (engine, served) = pema_pipeline::engine(
             &m.model,
             Some(self.0.input.model.as_path()),
             &m.tokenizer,
             &template,
-            DeviceArg::Cpu,
-            &self.0.serve,
-            args::WeightsArg::F32,
-            self.0.batch_size,
+            &self.0.serve.options(self.0.batch_size, true),
+            pema_pipeline::CpuWeights::F32,
         )?;
+        if let Some(p) = &served.packed {
+            eprintln!("packed weights: {p}");
+        }
         memory_cmd::build::<B::InnerBackend, _, _>(self.0, &engine, &m.tokenizer, &info)?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use pema_adapter::{HpdForm, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
-use pema_memory::{MemorySource, MemoryStore};
+use pema_pipeline::summary::write_json_pretty;
 
 /// Arguments of `pema train`.
 #[derive(clap::Args, Debug, Clone)]
@@ -180,66 +180,15 @@ pub fn run<B: AutodiffBackend>(
     let head = args
         .head_opts
         .load::<B::InnerBackend>(&args.head, device, on_cpu)?;
-    let train_mem = MemoryStore::open(&args.memory)
-        .with_context(|| format!("opening the training memory {}", args.memory.display()))?;
-    let dev_mem = MemoryStore::open(&args.dev_memory)
-        .with_context(|| format!("opening the dev memory {}", args.dev_memory.display()))?;
-    for (name, m) in [("training", &train_mem), ("dev", &dev_mem)] {
-        if !m.is_complete() {
-            eprintln!(
-                "warning: the {name} memory {} is incomplete (its build did not finish); \
-                 training on the {} committed entries",
-                m.dir().display(),
-                m.len()
-            );
-        }
-    }
-    eprintln!(
-        "pema train: head {} (d {}, vocab {}), memory {} entries, dev {} entries, rank {}, κ {}",
-        head.model,
-        head.hidden_size(),
-        head.vocab_size(),
-        train_mem.len(),
-        dev_mem.len(),
-        args.rank,
-        args.kappa
-    );
-    let t0 = std::time::Instant::now();
-    let report = pema_adapter::train::<B>(
+    pema_pipeline::train::train_adapter::<B>(
         &head,
-        &train_mem,
-        &dev_mem,
+        &args.memory,
+        &args.dev_memory,
         &args.config(),
         &args.out,
         device,
     )?;
-    for p in [&report.phase1, &report.phase2] {
-        let best = p.best.map(|m| m.loss).unwrap_or(f64::NAN);
-        eprintln!(
-            "phase {}: {} steps in {:.1}s, best dev loss {best:.5} at step {}{}{}",
-            p.phase,
-            p.steps,
-            p.seconds,
-            p.best_step,
-            p.best
-                .and_then(|m| m.accuracy)
-                .map(|a| format!(", dev top-1 {:.2}%", 100.0 * a))
-                .unwrap_or_default(),
-            if p.early_stopped { " (early stop)" } else { "" }
-        );
-    }
-    let summary = serde_json::json!({
-        "seconds": t0.elapsed().as_secs_f64(),
-        "peak_rss_bytes": pema_lora::peak_rss_bytes(),
-        "trainable_params": 3 * args.rank * head.hidden_size(),
-        "memory_entries": train_mem.len(),
-        "phase1": report.phase1,
-        "phase2": report.phase2,
-    });
-    let path = args.out.join("train_summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", report.artifact.display());
+    println!("{}", args.out.display());
     Ok(())
 }
 
@@ -282,13 +231,16 @@ pub fn tune_lambda<B: burn::tensor::backend::Backend>(
 ) -> anyhow::Result<()> {
     let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
     let head = args.head_opts.load::<B>(&args.head, device, on_cpu)?;
-    let (adapter, _) = pema_adapter::PemaAdapter::<B>::load(&args.adapter, &head, device)
-        .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
-    let dev = MemoryStore::open(&args.dev_memory)
-        .with_context(|| format!("opening the dev memory {}", args.dev_memory.display()))?;
-    let r = pema_schedule::tune_lambda(&adapter, &head, &dev, &args.lambda, args.max_dev)?;
-    std::fs::write(&args.out, serde_json::to_string_pretty(&r)? + "\n")
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let r = pema_pipeline::train::tune_lambda(
+        &head,
+        &args.adapter,
+        &args.dev_memory,
+        &args.lambda,
+        args.max_dev,
+        device,
+    )
+    .with_context(|| format!("choosing λmax for {}", args.adapter.display()))?;
+    write_json_pretty(&args.out, &r)?;
     eprintln!(
         "λ on {} dev entries: best {} (NLL {:.4}; PLM alone {:.4}); top-1 PEMA {:.1}%, PLM {:.1}%",
         r.dev_entries,

@@ -156,41 +156,71 @@ pub fn plan_lengths(
     })
 }
 
-/// Parses a command-line length setting (`--length oracle|ratio|N`) into the horizon and
-/// maximum-length modes:
-/// - `oracle`: L and the maximum from the reference (labelled; the official behaviour);
-/// - `ratio` (the default): L = ⌈source × ratio⌉, maximum ⌈source × ratio × 1.5⌉ + 10;
-///   needs `ratio` (recorded in the adapter or given on the command line);
-/// - `N`: L = N for every sequence; the maximum from the ratio when one is known, else 2N + 10.
-pub fn parse_length_mode(spec: &str, ratio: Option<f64>) -> Result<(HorizonMode, MaxLenMode)> {
-    let need_ratio = || {
-        ratio.ok_or_else(|| {
-            ScheduleError::Config(
-                "`--length ratio` needs a target/source length ratio: train the adapter with \
-                 --length-ratio or pass one"
-                    .into(),
-            )
-        })
-    };
-    match spec.trim() {
-        "oracle" => Ok((HorizonMode::Oracle, MaxLenMode::Oracle { extra: 10 })),
-        "ratio" => {
-            let r = need_ratio()?;
-            Ok((HorizonMode::Ratio { ratio: r }, MaxLenMode::from_ratio(r)))
+/// Where the GU horizon L and the maximum length come from, by name: `ratio` (the default:
+/// L = ⌈source × ratio⌉, maximum ⌈source × ratio × 1.5⌉ + 10), `oracle` (L and the maximum from
+/// the reference; the official behaviour, labelled) or a fixed number of steps N (L = N; the
+/// maximum from the ratio when one is known, else 2N + 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LengthSpec {
+    /// From the source length and a target/source ratio (no reference at test time).
+    Ratio,
+    /// From the reference (a test-time leak; results must be labelled).
+    Oracle,
+    /// The same horizon for every sequence.
+    Steps(usize),
+}
+
+impl LengthSpec {
+    /// True when this spec reads the reference.
+    pub fn is_oracle(self) -> bool {
+        self == LengthSpec::Oracle
+    }
+
+    /// The horizon and maximum-length modes; `ratio` is the target/source length ratio (needed
+    /// by [`LengthSpec::Ratio`]).
+    pub fn modes(self, ratio: Option<f64>) -> Result<(HorizonMode, MaxLenMode)> {
+        match self {
+            LengthSpec::Oracle => Ok((HorizonMode::Oracle, MaxLenMode::Oracle { extra: 10 })),
+            LengthSpec::Ratio => {
+                let r = ratio.ok_or_else(|| {
+                    ScheduleError::Config(
+                        "the ratio length mode needs a target/source length ratio (record one \
+                         in the adapter at training time or give one)"
+                            .into(),
+                    )
+                })?;
+                Ok((HorizonMode::Ratio { ratio: r }, MaxLenMode::from_ratio(r)))
+            }
+            LengthSpec::Steps(n) => {
+                let max = match ratio {
+                    Some(r) => MaxLenMode::from_ratio(r),
+                    None => MaxLenMode::Fixed { tokens: 2 * n + 10 },
+                };
+                Ok((HorizonMode::Fixed { steps: n }, max))
+            }
         }
-        other => {
-            let n: usize = other.parse().map_err(|_| {
+    }
+}
+
+impl std::str::FromStr for LengthSpec {
+    type Err = ScheduleError;
+    fn from_str(spec: &str) -> Result<Self> {
+        match spec.trim() {
+            "oracle" => Ok(LengthSpec::Oracle),
+            "ratio" => Ok(LengthSpec::Ratio),
+            other => other.parse().map(LengthSpec::Steps).map_err(|_| {
                 ScheduleError::Config(format!(
                     "length must be `oracle`, `ratio` or a number of steps, got `{other}`"
                 ))
-            })?;
-            let max = match ratio {
-                Some(r) => MaxLenMode::from_ratio(r),
-                None => MaxLenMode::Fixed { tokens: 2 * n + 10 },
-            };
-            Ok((HorizonMode::Fixed { steps: n }, max))
+            }),
         }
     }
+}
+
+/// Parses a [`LengthSpec`] name and returns its modes (see [`LengthSpec::modes`]).
+pub fn parse_length_mode(spec: &str, ratio: Option<f64>) -> Result<(HorizonMode, MaxLenMode)> {
+    spec.parse::<LengthSpec>()?.modes(ratio)
 }
 
 /// Target/source length ratio Σ target tokens / Σ source tokens over training pairs

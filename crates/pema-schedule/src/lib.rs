@@ -23,10 +23,10 @@ pub use knn_lm::{
     tune_knn_lm,
 };
 pub use length::{
-    HorizonMode, LengthPlan, MaxLenMode, OracleLengths, estimate_length_ratio, parse_length_mode,
-    plan_lengths,
+    HorizonMode, LengthPlan, LengthSpec, MaxLenMode, OracleLengths, estimate_length_ratio,
+    parse_length_mode, plan_lengths,
 };
 pub use mix::{mix_log_probs, mix_logits};
 pub use policy::{PemaPolicy, StepTrace, Winner, write_traces_jsonl};
-pub use schedule::Schedule;
+pub use schedule::{Schedule, ScheduleKind};
 pub use tune::{LambdaPoint, LambdaTuneReport, tune_lambda};

@@ -8,6 +8,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ScheduleError};
 
+/// The two schedules of the paper, by name (`gu`, `constant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Gradual Unrolling (the paper's method).
+    GradualUnrolling,
+    /// Constant λ (the paper's "without GU" row).
+    Constant,
+}
+
+impl ScheduleKind {
+    /// Short name: `gu` or `constant`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleKind::GradualUnrolling => "gu",
+            ScheduleKind::Constant => "constant",
+        }
+    }
+}
+
+impl std::str::FromStr for ScheduleKind {
+    type Err = ScheduleError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "gu" | "gradual-unrolling" => Ok(ScheduleKind::GradualUnrolling),
+            "constant" => Ok(ScheduleKind::Constant),
+            other => Err(ScheduleError::Config(format!(
+                "schedule must be `gu` or `constant`, got `{other}`"
+            ))),
+        }
+    }
+}
+
 /// How λ evolves over the decoding steps k = 0, 1, 2, …
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -35,20 +68,23 @@ impl Schedule {
         }
     }
 
-    /// Parses the command line's `--schedule gu|constant` with `--lambda-max` (λ for
-    /// `constant`) and an optional GU floor.
-    pub fn from_cli(name: &str, lambda_max: f64, floor: Option<f64>) -> Result<Self> {
-        let s = match name.trim() {
-            "gu" | "gradual-unrolling" => Schedule::GradualUnrolling { lambda_max, floor },
-            "constant" => Schedule::Constant { lambda: lambda_max },
-            other => {
-                return Err(ScheduleError::Config(format!(
-                    "schedule must be `gu` or `constant`, got `{other}`"
-                )));
-            }
+    /// The schedule of `kind` at `lambda_max` (the constant λ for [`ScheduleKind::Constant`]),
+    /// with an optional GU floor; validated.
+    pub fn new(kind: ScheduleKind, lambda_max: f64, floor: Option<f64>) -> Result<Self> {
+        let s = match kind {
+            ScheduleKind::GradualUnrolling => Schedule::GradualUnrolling { lambda_max, floor },
+            ScheduleKind::Constant => Schedule::Constant { lambda: lambda_max },
         };
         s.validate()?;
         Ok(s)
+    }
+
+    /// Which kind of schedule this is.
+    pub fn kind(&self) -> ScheduleKind {
+        match self {
+            Schedule::Constant { .. } => ScheduleKind::Constant,
+            Schedule::GradualUnrolling { .. } => ScheduleKind::GradualUnrolling,
+        }
     }
 
     /// Checks that λ, λmax and the floor lie in [0, 1].
@@ -139,15 +175,19 @@ mod tests {
         assert!(Schedule::Constant { lambda: 1.5 }.validate().is_err());
         assert!(f.validate().is_ok());
         assert_eq!(Schedule::gradual_unrolling(0.9).lambda(3, 0.0), 0.0);
+        let parse = |name: &str, l: f64| -> Result<Schedule> {
+            Schedule::new(name.parse::<ScheduleKind>()?, l, None)
+        };
         assert_eq!(
-            Schedule::from_cli("gu", 0.9, None).expect("gu"),
+            parse("gu", 0.9).expect("gu"),
             Schedule::gradual_unrolling(0.9)
         );
         assert_eq!(
-            Schedule::from_cli("constant", 0.4, None).expect("c"),
+            parse("constant", 0.4).expect("c"),
             Schedule::Constant { lambda: 0.4 }
         );
-        assert!(Schedule::from_cli("beam", 0.9, None).is_err());
-        assert!(Schedule::from_cli("gu", 1.9, None).is_err());
+        assert_eq!(parse("constant", 0.4).expect("c").kind().name(), "constant");
+        assert!(parse("beam", 0.9).is_err());
+        assert!(parse("gu", 1.9).is_err());
     }
 }

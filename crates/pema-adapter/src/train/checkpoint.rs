@@ -1,0 +1,219 @@
+//! Resumable training: the checkpoint written after every validation, its compatibility
+//! check on resume, and the JSON-lines log.
+
+use super::step::trained;
+use super::*;
+
+/// Everything that is restored when a run resumes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CheckpointState {
+    pub(super) format: String,
+    pub(super) phase: u8,
+    pub(super) step: u64,
+    pub(super) epoch: usize,
+    pub(super) batch: usize,
+    pub(super) adam_t: u64,
+    pub(super) dev_history: Vec<(u64, f64)>,
+    pub(super) best_step: u64,
+    pub(super) best: Option<DevMetrics>,
+    pub(super) phase1: Option<PhaseReport>,
+    pub(super) weights: String,
+    pub(super) config: TrainConfig,
+    pub(super) head_fingerprint: String,
+    pub(super) memory_fingerprint: String,
+    pub(super) dev_memory_fingerprint: String,
+}
+
+/// JSON-lines log file.
+pub(super) struct JsonLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl JsonLog {
+    pub(super) fn open(path: &Path, append: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .map_err(|e| AdapterError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub(super) fn write(&mut self, v: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| AdapterError::io(&self.path, e))
+    }
+}
+
+pub(super) fn check_resume(
+    st: &CheckpointState,
+    cfg: &TrainConfig,
+    head: &FusedHead<impl Backend>,
+    train: &dyn MemorySource,
+    dev: &dyn MemorySource,
+    path: &Path,
+) -> Result<()> {
+    let bad = |message: String| {
+        Err(AdapterError::ResumeMismatch {
+            path: path.to_path_buf(),
+            message,
+        })
+    };
+    if st.format != CHECKPOINT_FORMAT {
+        return bad(format!("unknown checkpoint format `{}`", st.format));
+    }
+    if st.head_fingerprint != head.fingerprint {
+        return bad(format!(
+            "checkpoint was trained against head {}, this head is {}",
+            st.head_fingerprint, head.fingerprint
+        ));
+    }
+    if st.memory_fingerprint != train.fingerprint()
+        || st.dev_memory_fingerprint != dev.fingerprint()
+    {
+        return bad("the training or dev memory differs from the checkpoint's".into());
+    }
+    let c = &st.config;
+    if c.rank != cfg.rank
+        || c.dropout != cfg.dropout
+        || c.kappa != cfg.kappa
+        || c.phase1.batch_size != cfg.phase1.batch_size
+        || c.phase2.batch_size != cfg.phase2.batch_size
+        || c.seed != cfg.seed
+        || c.validate_every != cfg.validate_every
+        || c.key_norm != cfg.key_norm
+        || c.plan != cfg.plan
+        || c.form != cfg.form
+        || c.dev_max_entries != cfg.dev_max_entries
+    {
+        return bad(
+            "rank, dropout, kappa, batch sizes, seed, validate_every, key_norm, plan, form and the dev subsample must \
+             match the checkpoint \
+             (start over without resume to change them)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn write_checkpoint<B: AutodiffBackend>(
+    ctx: &mut Ctx<'_, B>,
+    phase: Phase,
+    s: &PhaseStart<B::InnerBackend>,
+) -> Result<()> {
+    let dir = ctx.out.join(CHECKPOINT_DIR);
+    let pn = phase.number();
+    let weights_name = format!("weights-p{pn}-s{}.safetensors", s.step);
+    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
+    let mut push = |name: String, t: &Tensor<B::InnerBackend, 2>| -> Result<()> {
+        tensors.push((name, host(t)?, t.dims().to_vec()));
+        Ok(())
+    };
+    for (prefix, a) in [("cur", &s.adapter), ("best", &s.best)] {
+        push(format!("{prefix}.a"), &a.a)?;
+        push(format!("{prefix}.b_rct"), &a.b_rct)?;
+        push(format!("{prefix}.b_pd"), &a.b_pd)?;
+    }
+    for (i, m) in s.adam.moments.iter().enumerate() {
+        push(format!("adam.m{i}"), &m.m)?;
+        push(format!("adam.v{i}"), &m.v)?;
+    }
+    let views: Vec<(&str, &[f32], &[usize])> = tensors
+        .iter()
+        .map(|(n, v, sh)| (n.as_str(), v.as_slice(), sh.as_slice()))
+        .collect();
+    let path = dir.join(&weights_name);
+    let tmp = dir.join(format!("{weights_name}.tmp"));
+    pema_backbone::st::write_f32(&tmp, &views, Default::default())?;
+    std::fs::rename(&tmp, &path).map_err(|e| AdapterError::io(&path, e))?;
+    let state = CheckpointState {
+        format: CHECKPOINT_FORMAT.into(),
+        phase: pn,
+        step: s.step,
+        epoch: s.epoch,
+        batch: s.batch,
+        adam_t: s.adam.t,
+        dev_history: s.dev_history.clone(),
+        best_step: s.best_step,
+        best: s.best_metrics,
+        phase1: ctx.phase1_report.clone(),
+        weights: weights_name.clone(),
+        config: ctx.cfg.clone(),
+        head_fingerprint: ctx.head.fingerprint.clone(),
+        memory_fingerprint: ctx.train.fingerprint(),
+        dev_memory_fingerprint: ctx.dev.fingerprint(),
+    };
+    let state_path = dir.join(STATE_FILE);
+    write_json(&state_path, &state)?;
+    // Only now that the state points at the new weights, remove older weight files.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("weights-") && name != weights_name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    ctx.last_checkpoint = Some(state_path);
+    Ok(())
+}
+
+pub(super) fn load_start<AD: AutodiffBackend>(
+    ctx: &Ctx<'_, AD>,
+    st: &CheckpointState,
+    phase: Phase,
+    acfg: AdapterConfig,
+) -> Result<PhaseStart<AD::InnerBackend>> {
+    type B<AD> = <AD as AutodiffBackend>::InnerBackend;
+    let path = ctx.out.join(CHECKPOINT_DIR).join(&st.weights);
+    let file = pema_backbone::st::StFile::open(&path)?;
+    let device = ctx.device;
+    let get = |name: &str| -> Result<Tensor<B<AD>, 2>> {
+        let (v, s) = file.tensor_f32(name)?;
+        if s.len() != 2 {
+            return Err(AdapterError::Format {
+                path: path.clone(),
+                message: format!("tensor `{name}` is not 2-D"),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(v, [s[0], s[1]]), device))
+    };
+    let adapter_of = |prefix: &str| -> Result<PemaAdapter<B<AD>>> {
+        Ok(PemaAdapter {
+            config: acfg,
+            a: get(&format!("{prefix}.a"))?,
+            b_rct: get(&format!("{prefix}.b_rct"))?,
+            b_pd: get(&format!("{prefix}.b_pd"))?,
+            key_stats: ctx.key_stats.clone(),
+        })
+    };
+    let adapter = adapter_of("cur")?;
+    let best = adapter_of("best")?;
+    let cfg = ctx.cfg;
+    let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon, &[], device);
+    adam.t = st.adam_t;
+    adam.moments = (0..trained(&adapter, phase, cfg.plan).len())
+        .map(|i| -> Result<Moments<B<AD>>> {
+            Ok(Moments {
+                m: get(&format!("adam.m{i}"))?,
+                v: get(&format!("adam.v{i}"))?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(PhaseStart {
+        adapter,
+        best,
+        adam,
+        step: st.step,
+        epoch: st.epoch,
+        batch: st.batch,
+        dev_history: st.dev_history.clone(),
+        best_step: st.best_step,
+        best_metrics: st.best,
+    })
+}

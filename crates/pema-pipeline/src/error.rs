@@ -1,0 +1,56 @@
+//! The pipeline's error type: every lower crate's error, plus I/O with its path.
+
+use std::path::PathBuf;
+
+/// Errors of a pipeline use case.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file the pipeline reads is malformed.
+    #[error("{path}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request itself is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The PLM (loading, tokenising, decoding).
+    #[error(transparent)]
+    Backbone(#[from] pema_backbone::BackboneError),
+    /// Memories, pairs files and templates.
+    #[error(transparent)]
+    Memory(#[from] pema_memory::MemoryError),
+    /// The adapter, its head and its training.
+    #[error(transparent)]
+    Adapter(#[from] pema_adapter::AdapterError),
+    /// Schedules, length plans and the kNN-LM baseline.
+    #[error(transparent)]
+    Schedule(#[from] pema_schedule::ScheduleError),
+    /// The LoRA baseline.
+    #[error(transparent)]
+    Lora(#[from] pema_lora::LoraError),
+}
+
+impl PipelineError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`PipelineError`].
+pub type Result<T> = std::result::Result<T, PipelineError>;
