@@ -41,25 +41,3 @@ pub enum WeightsArg {
     /// Dequantised f32 weights.
     F32,
 }
-
-impl ServeArgs {
-    /// The serving options for `max_batch` sequences at once, on the CPU or not.
-    pub fn options(&self, max_batch: usize, on_cpu: bool) -> pema_pipeline::ServeOptions {
-        pema_pipeline::ServeOptions {
-            weights: self.weights.map(WeightsArg::cpu_weights),
-            shared_prefix: !self.no_shared_prefix,
-            max_batch,
-            on_cpu,
-        }
-    }
-}
-
-impl WeightsArg {
-    /// The library's name for these weights.
-    pub fn cpu_weights(self) -> pema_pipeline::CpuWeights {
-        match self {
-            WeightsArg::Packed => pema_pipeline::CpuWeights::Packed,
-            WeightsArg::F32 => pema_pipeline::CpuWeights::F32,
-        }
-    }
-}

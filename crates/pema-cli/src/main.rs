@@ -8,6 +8,7 @@ mod knn_cmd;
 mod lora_cmd;
 mod memory_cmd;
 mod score;
+mod serve_args;
 mod train_cmd;
 
 use std::path::PathBuf;

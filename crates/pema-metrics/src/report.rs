@@ -277,7 +277,7 @@ pub fn score_files(
 ) -> Result<Vec<MetricReport>> {
     if opts.paired.is_some() && hyps.len() < 2 {
         return Err(MetricsError::InvalidConfig(
-            "paired tests need two or more --hyp files".into(),
+            "paired tests need two or more hypothesis files".into(),
         ));
     }
     let files = read_eval_files(hyps, refs)?;
