@@ -141,7 +141,10 @@ fn st_err(path: &Path, e: impl std::fmt::Display) -> BackboneError {
     }
 }
 
-/// Writes f32 tensors `(name, values, shape)` and string metadata to `path`.
+/// Writes f32 tensors `(name, values, shape)` and string metadata to `path`, atomically: the
+/// file is written next to `path` and renamed over it, so a crash leaves the old file or the
+/// new one, never a torn one. Every safetensors artifact of pema (head, adapter, LoRA) is
+/// written here, each with its `pema.format` tag in `metadata`.
 pub fn write_f32(
     path: &Path,
     tensors: &[(&str, &[f32], &[usize])],
@@ -163,7 +166,21 @@ pub fn write_f32(
             TensorView::new(Dtype::F32, shape.to_vec(), data).map_err(|e| st_err(path, e))?;
         views.push((name.to_string(), view));
     }
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| st_err(path, e))
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| st_err(path, e))?;
+    write_atomic(path, &bytes).map_err(|source| BackboneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` atomically (a `.tmp` sibling renamed over `path`): the one
+/// artifact writer of pema's files (safetensors, adapter and LoRA metadata, dataset splits).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 impl StFile {

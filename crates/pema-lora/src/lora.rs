@@ -241,7 +241,7 @@ impl<B: Backend> Lora<B> {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&path, json).map_err(|source| LoraError::Io { path, source })
+        st::write_atomic(&path, json.as_bytes()).map_err(|source| LoraError::Io { path, source })
     }
 
     /// Reads a LoRA directory written by [`Lora::save`].

@@ -19,7 +19,7 @@
 //! of row vectors is multiplied without transposes; the artifact stores the paper's layout.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
@@ -361,10 +361,7 @@ impl<B: Backend> PemaAdapter<B> {
         let mut st_meta = HashMap::new();
         st_meta.insert("pema.format".to_string(), ADAPTER_FORMAT.to_string());
         st_meta.insert("head_fingerprint".into(), meta.head_fingerprint.clone());
-        let weights = dir.join(WEIGHTS_FILE);
-        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-        pema_backbone::st::write_f32(&tmp, &views, st_meta)?;
-        std::fs::rename(&tmp, &weights).map_err(|e| AdapterError::io(&weights, e))?;
+        pema_backbone::st::write_f32(&dir.join(WEIGHTS_FILE), &views, st_meta)?;
         write_json(&dir.join(CONFIG_FILE), meta)
     }
 
@@ -521,9 +518,8 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })?;
-    let tmp: PathBuf = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text + "\n").map_err(|e| AdapterError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AdapterError::io(path, e))
+    pema_backbone::st::write_atomic(path, (text + "\n").as_bytes())
+        .map_err(|e| AdapterError::io(path, e))
 }
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

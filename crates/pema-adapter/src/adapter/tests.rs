@@ -20,12 +20,7 @@ fn tiny_head<B: Backend>(d: usize, v: usize, dev: &B::Device) -> FusedHead<B> {
 }
 
 /// A tiny head whose row chunks hold 2 rows, so that chunking is exercised.
-fn tiny_head_with<B: Backend>(
-    d: usize,
-    v: usize,
-    path: CePath,
-    dev: &B::Device,
-) -> FusedHead<B> {
+fn tiny_head_with<B: Backend>(d: usize, v: usize, path: CePath, dev: &B::Device) -> FusedHead<B> {
     let norm: Vec<f32> = (0..d).map(|i| 0.8 + 0.1 * i as f32).collect();
     let head = LmHead::from_host(norm, 1e-6, pseudo(v * d, 0.3), v, "tiny", dev).expect("head");
     let config = crate::HeadCeConfig {

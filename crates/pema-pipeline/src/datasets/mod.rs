@@ -335,11 +335,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    fs::write(&tmp, bytes).map_err(|e| PipelineError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| PipelineError::io(path, e))
+    pema_backbone::st::write_atomic(path, bytes).map_err(|e| PipelineError::io(path, e))
 }
 
 // ---------------------------------------------------------------------------------------------
