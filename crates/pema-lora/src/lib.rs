@@ -16,10 +16,12 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod lora;
+pub mod report;
 pub mod train;
 
 pub use config::{LoraConfig, LoraTarget};
 pub use data::{Example, encode_pairs, newline_id};
 pub use error::{LoraError, Result};
 pub use lora::{LORA_FORMAT, Lora, LoraMeta, LoraSlot, lift, load_merged, merge};
-pub use train::{LoraReport, batch_nll, mean_nll, peak_rss_bytes, train};
+pub use report::{LoraReport, peak_rss_bytes};
+pub use train::{batch_nll, mean_nll, train};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LoraConfig, LoraTarget};
 use crate::error::{LoraError, Result};
-use crate::train::LoraReport;
+use crate::report::LoraReport;
 
 /// Format tag of LoRA directories.
 pub const LORA_FORMAT: &str = "lora/1";
