@@ -218,11 +218,6 @@ impl std::str::FromStr for LengthSpec {
     }
 }
 
-/// Parses a [`LengthSpec`] name and returns its modes (see [`LengthSpec::modes`]).
-pub fn parse_length_mode(spec: &str, ratio: Option<f64>) -> Result<(HorizonMode, MaxLenMode)> {
-    spec.parse::<LengthSpec>()?.modes(ratio)
-}
-
 /// Target/source length ratio Σ target tokens / Σ source tokens over training pairs
 /// `(source tokens, target tokens)`. For an external memory, "target tokens" of a pair is its
 /// number of memory entries. `None` when there is no source token at all.
@@ -309,25 +304,29 @@ mod tests {
         );
     }
 
+    fn modes_of(spec: &str, ratio: Option<f64>) -> Result<(HorizonMode, MaxLenMode)> {
+        spec.parse::<LengthSpec>()?.modes(ratio)
+    }
+
     #[test]
     fn parses_command_line_modes() {
         assert_eq!(
-            parse_length_mode("oracle", None).expect("oracle"),
+            modes_of("oracle", None).expect("oracle"),
             (HorizonMode::Oracle, MaxLenMode::Oracle { extra: 10 })
         );
-        assert!(parse_length_mode("ratio", None).is_err());
+        assert!(modes_of("ratio", None).is_err());
         assert_eq!(
-            parse_length_mode("ratio", Some(1.2)).expect("ratio").0,
+            modes_of("ratio", Some(1.2)).expect("ratio").0,
             HorizonMode::Ratio { ratio: 1.2 }
         );
         assert_eq!(
-            parse_length_mode("60", None).expect("fixed"),
+            modes_of("60", None).expect("fixed"),
             (
                 HorizonMode::Fixed { steps: 60 },
                 MaxLenMode::Fixed { tokens: 130 }
             )
         );
-        assert!(parse_length_mode("sixty", None).is_err());
+        assert!(modes_of("sixty", None).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use knn_lm::{
 };
 pub use length::{
     HorizonMode, LengthPlan, LengthSpec, MaxLenMode, OracleLengths, estimate_length_ratio,
-    parse_length_mode, plan_lengths,
+    plan_lengths,
 };
 pub use mix::{mix_log_probs, mix_logits};
 pub use policy::{PemaPolicy, StepTrace, Winner, write_traces_jsonl};

@@ -47,15 +47,21 @@ pub(super) fn run_phase<B: AutodiffBackend>(
         .min((pcfg.max_epochs * per_epoch) as u64);
     let PhaseStart {
         mut adapter,
-        mut best,
+        best,
         mut adam,
         mut step,
         mut epoch,
         mut batch,
-        mut dev_history,
-        mut best_step,
-        mut best_metrics,
+        dev_history,
+        best_step,
+        best_metrics,
     } = start;
+    let mut record = Record {
+        best,
+        best_step,
+        best_metrics,
+        dev_history,
+    };
     adam.lr = cfg.lr;
     let t0 = Instant::now();
     let pb = progress_bar(cfg.progress, max_steps, step, pn);
@@ -111,25 +117,19 @@ pub(super) fn run_phase<B: AutodiffBackend>(
             }
             if validate_now {
                 last_validated = step;
-                let mut record = Record {
-                    best: &mut best,
-                    best_step: &mut best_step,
-                    best_metrics: &mut best_metrics,
-                    dev_history: &mut dev_history,
-                };
                 let (m, stop) =
                     validate(ctx, &adapter, phase, (step, epoch), &mut record, false, t0)?;
                 pb.set_message(format!("dev {:.4}", m.loss));
                 let snap = PhaseStart {
                     adapter: adapter.clone(),
-                    best: best.clone(),
+                    best: record.best.clone(),
                     adam: adam.clone(),
                     step,
                     epoch,
                     batch,
-                    dev_history: dev_history.clone(),
-                    best_step,
-                    best_metrics,
+                    dev_history: record.dev_history.clone(),
+                    best_step: record.best_step,
+                    best_metrics: record.best_metrics,
                 };
                 write_checkpoint(ctx, phase, &snap)?;
                 if stop {
@@ -155,40 +155,34 @@ pub(super) fn run_phase<B: AutodiffBackend>(
         batch = 0;
     }
     // A final validation when the phase ended between validation points.
-    if step > last_validated || best_metrics.is_none() {
+    if step > last_validated || record.best_metrics.is_none() {
         if let Some(r) = running.take() {
             let mean = scalar(r)? / running_n.max(1) as f64;
             check_train_loss(ctx, &pb, pn, step, mean)?;
         }
-        let mut record = Record {
-            best: &mut best,
-            best_step: &mut best_step,
-            best_metrics: &mut best_metrics,
-            dev_history: &mut dev_history,
-        };
         validate(ctx, &adapter, phase, (step, epoch), &mut record, true, t0)?;
     }
     pb.finish_and_clear();
     let report = PhaseReport {
         phase: pn,
         steps: step,
-        best_step,
-        best: best_metrics,
-        dev_history,
+        best_step: record.best_step,
+        best: record.best_metrics,
+        dev_history: record.dev_history,
         early_stopped,
         seconds: t0.elapsed().as_secs_f64(),
     };
     ctx.log
         .write(&serde_json::json!({"event": "phase_end", "report": report}))?;
-    Ok((best, report))
+    Ok((record.best, report))
 }
 
 /// A phase's best weights and validation history so far.
-struct Record<'r, B: Backend> {
-    best: &'r mut PemaAdapter<B>,
-    best_step: &'r mut u64,
-    best_metrics: &'r mut Option<DevMetrics>,
-    dev_history: &'r mut Vec<(u64, f64)>,
+struct Record<B: Backend> {
+    best: PemaAdapter<B>,
+    best_step: u64,
+    best_metrics: Option<DevMetrics>,
+    dev_history: Vec<(u64, f64)>,
 }
 
 /// Validates `adapter` on the dev memory at `(step, epoch)`, records the loss (keeping the
@@ -199,16 +193,16 @@ fn validate<B: AutodiffBackend>(
     adapter: &PemaAdapter<B::InnerBackend>,
     phase: Phase,
     (step, epoch): (u64, usize),
-    record: &mut Record<'_, B::InnerBackend>,
+    record: &mut Record<B::InnerBackend>,
     last: bool,
     t0: Instant,
 ) -> Result<(DevMetrics, bool)> {
     let m = evaluate(ctx, adapter, phase)?;
-    let (improved, stop) = record_validation(record.dev_history, step, m.loss);
+    let (improved, stop) = record_validation(&mut record.dev_history, step, m.loss);
     if improved || record.best_metrics.is_none() {
-        *record.best = adapter.clone();
-        *record.best_step = step;
-        *record.best_metrics = Some(m);
+        record.best = adapter.clone();
+        record.best_step = step;
+        record.best_metrics = Some(m);
     }
     let mut event = serde_json::json!({
         "event": "dev", "phase": phase.number(), "step": step, "epoch": epoch,

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use pema_backbone::head::hex;
 use pema_memory::Pair;
 use pema_memory::batch::SplitMix64;
 use serde::{Deserialize, Serialize};
@@ -326,12 +327,7 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = fs::read(path).map_err(|e| PipelineError::io(path, e))?;
-    Ok(hex(&Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(pema_backbone::loader::sha256_files(&[path.to_path_buf()])?)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
