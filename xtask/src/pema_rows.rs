@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::run::{Row, Run, Task, kappa_name, pema_args, read_json};
+use crate::run::{Job, Row, Run, Task, kappa_name, pema_args, read_json};
 
 /// Candidate λmax values of `tune-lambda` (λ = 1 is P_PEMA alone).
 const LAMBDA_GRID: &str = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9,1";
@@ -113,187 +113,289 @@ fn lambda_label(lambda: f64) -> String {
     }
 }
 
-/// Trains, tunes and decodes every PEMA row of `task`, appending them to `rows`.
-pub(crate) fn pema_rows(
-    run: &Run,
-    task: &Task,
-    ratio: f64,
-    rows: &mut Vec<Row>,
-) -> Result<PemaOutcome> {
+/// One adapter of a task: its name (`adapters/<name>`), extra `pema train` arguments, memory
+/// suffix, phase-2 step cap, and the adapter whose phase 1 it shares (same keys and phase-1
+/// settings: phase 1 does not read κ, the plan's phase 2 or the form of h_pd).
+pub(crate) struct Adapter {
+    name: String,
+    label: String,
+    extra: Vec<String>,
+    suffix: &'static str,
+    steps: Option<u64>,
+    phase1_from: Option<&'static str>,
+}
+
+impl Adapter {
+    fn dir(&self, task: &Task) -> String {
+        task.p(&format!("adapters/{}", self.name))
+    }
+}
+
+/// Every adapter `task` trains, in the order [`Run::side_by_side`] takes them: the
+/// paper-exact one first (its phase 1 is shared), the raw-keys ablation (its own phase 1),
+/// then the adapters that wait for the shared phase 1.
+pub(crate) fn adapters(run: &Run, task: &Task) -> Vec<Adapter> {
     let prof = run.opts.profile;
+    let main_steps = if task.full {
+        prof.max_steps2
+    } else {
+        prof.side_steps2.or(prof.max_steps2)
+    };
+    let steps = prof.ablation_steps2.or(prof.max_steps2);
+    let a = |name: &str, label: &str, extra: &[&str], steps, phase1_from| Adapter {
+        name: name.into(),
+        label: label.into(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        suffix: "",
+        steps,
+        phase1_from,
+    };
+    let shared = Some("pema");
+    let ablations = task.full && prof.ablations;
+    let mut out = vec![a("pema", "", &[], main_steps, None)];
+    if ablations {
+        out.push(a(
+            "pema-raw-keys",
+            "Paper-exact keys: raw f(c), no standardisation",
+            &["--key-norm", "none"],
+            steps,
+            None,
+        ));
+    }
+    if task.full && prof.free_running_row {
+        out.push(Adapter {
+            suffix: "-free",
+            ..a(
+                "pema-free",
+                "PEMA on a free-running memory (the paper's construction)",
+                &[],
+                prof.max_steps2,
+                None,
+            )
+        });
+    }
+    if prof.residual {
+        let residual = &["--form", "residual"];
+        out.push(a("pema-residual", "", residual, main_steps, shared));
+    }
+    if ablations {
+        out.push(a(
+            "pema-kappa-0",
+            "Ablation: κ = 0 (no reconstruction loss)",
+            &["--kappa", "0"],
+            steps,
+            shared,
+        ));
+        out.push(a(
+            "pema-bpd-only",
+            "Ablation: B_pd only (phase 2 on phase 1's frozen A₁)",
+            &["--plan", "bpd-only"],
+            steps,
+            shared,
+        ));
+        if prof.joint_ablation {
+            out.push(a(
+                "pema-joint",
+                "Ablation: phase 2 only (A, B_rct, B_pd trained jointly)",
+                &["--plan", "joint"],
+                steps,
+                None,
+            ));
+        }
+        for &k in prof.extra_kappas {
+            let ks = k.to_string();
+            out.push(a(
+                &kappa_name(k),
+                &format!("κ sweep: κ = {k}"),
+                &["--kappa", &ks],
+                steps,
+                shared,
+            ));
+        }
+    }
+    out
+}
+
+/// The training stages of `adapters` (independent of each other).
+pub(crate) fn train_jobs<'a>(
+    run: &'a Run,
+    task: &'a Task,
+    ratio: f64,
+    adapters: &'a [Adapter],
+) -> Vec<Job<'a>> {
+    adapters
+        .iter()
+        .map(|a| -> Job<'a> {
+            Box::new(move || {
+                let donor = match a.phase1_from {
+                    Some(donor) => run.phase1_of(task, donor)?,
+                    None => None,
+                };
+                let mut extra: Vec<&str> = a.extra.iter().map(String::as_str).collect();
+                if let Some(dir) = &donor {
+                    extra.extend_from_slice(&["--phase1-from", dir]);
+                }
+                run.train_on(task, &a.name, a.suffix, &extra, ratio, a.steps)
+                    .map(|_| ())
+            })
+        })
+        .collect()
+}
+
+/// One PEMA decode: hypothesis name, adapter, λmax, schedule, length mode, trace.
+struct PemaDecode {
+    name: String,
+    adapter: String,
+    lambda: f64,
+    schedule: &'static str,
+    length: &'static str,
+    trace: bool,
+}
+
+impl PemaDecode {
+    fn job<'a>(self, run: &'a Run, task: &'a Task) -> Job<'a> {
+        Box::new(move || {
+            decode_pema(
+                run,
+                task,
+                &self.name,
+                &self.adapter,
+                self.lambda,
+                self.schedule,
+                self.length,
+                self.trace,
+            )
+            .map(|_| ())
+        })
+    }
+}
+
+/// Tunes λmax of the trained adapters on dev, appends every PEMA row to `rows` and returns
+/// the decoding stages (to run side by side with the task's other decodes).
+pub(crate) fn pema_rows<'a>(
+    run: &'a Run,
+    task: &'a Task,
+    adapters: &[Adapter],
+    rows: &mut Vec<Row>,
+) -> Result<(PemaOutcome, Vec<Job<'a>>)> {
     let paper = 0.9;
+    let mut decodes = Vec::new();
+    let mut add = |rows: &mut Vec<Row>,
+                   d: PemaDecode,
+                   label: String,
+                   group: &'static str,
+                   train: Option<Value>| {
+        rows.push(row(&d.name, label, group, train));
+        decodes.push(d.job(run, task));
+    };
+    let pd = |name: &str, adapter: &str, lambda, schedule, length, trace| PemaDecode {
+        name: name.into(),
+        adapter: adapter.into(),
+        lambda,
+        schedule,
+        length,
+        trace,
+    };
 
     // Paper-exact adapter (with pema's key standardisation; raw keys are an ablation row).
-    let main = run.train(task, "pema", &[], ratio)?;
-    decode_pema(run, task, "pema-gu", &main, paper, "gu", "ratio", true)?;
-    rows.push(row(
-        "pema-gu",
+    let main = task.p("adapters/pema");
+    let (tuned, report) = tune(run, task, "pema", &main)?;
+    let tuning = report.map(|v| json!({"lambda_tuning": v}));
+    add(
+        rows,
+        pd("pema-gu", &main, paper, "gu", "ratio", true),
         "PEMA (paper), GU, λmax 0.9, leak-free length (source × ratio)".into(),
         "pema",
         train_summary(&main),
-    ));
-    decode_pema(
-        run,
-        task,
-        "pema-constant",
-        &main,
-        paper,
-        "constant",
-        "ratio",
-        false,
-    )?;
-    rows.push(row(
-        "pema-constant",
+    );
+    add(
+        rows,
+        pd("pema-constant", &main, paper, "constant", "ratio", false),
         "PEMA (paper), constant λ = 0.9".into(),
         "pema",
         None,
-    ));
-    let (tuned, report) = tune(run, task, "pema", &main)?;
-    let tuning = report.map(|v| json!({"lambda_tuning": v}));
-    decode_pema(
-        run,
-        task,
-        "pema-gu-tuned",
-        &main,
-        tuned,
-        "gu",
-        "ratio",
-        false,
-    )?;
-    rows.push(row(
-        "pema-gu-tuned",
+    );
+    add(
+        rows,
+        pd("pema-gu-tuned", &main, tuned, "gu", "ratio", false),
         format!("PEMA (paper), GU, {}", lambda_label(tuned)),
         "pema",
-        tuning.clone(),
-    ));
-    decode_pema(
-        run,
-        task,
-        "pema-constant-tuned",
-        &main,
-        tuned,
-        "constant",
-        "ratio",
-        false,
-    )?;
-    rows.push(row(
-        "pema-constant-tuned",
+        tuning,
+    );
+    add(
+        rows,
+        pd(
+            "pema-constant-tuned",
+            &main,
+            tuned,
+            "constant",
+            "ratio",
+            false,
+        ),
         format!("PEMA (paper), constant λ, {}", lambda_label(tuned)),
         "pema",
         None,
-    ));
-
+    );
     if task.full {
-        decode_pema(
-            run,
-            task,
-            "pema-gu-oracle",
-            &main,
-            paper,
-            "gu",
-            "oracle",
-            false,
-        )?;
-        rows.push(row(
-            "pema-gu-oracle",
+        add(
+            rows,
+            pd("pema-gu-oracle", &main, paper, "gu", "oracle", false),
             "PEMA (paper), GU with the official ORACLE length (reads the reference: not a fair \
              result)"
                 .into(),
             "oracle",
             None,
-        ));
+        );
     }
 
     // pema's extension: h_pd = f(c) + σ ⊙ B_pd·z (P_PEMA starts as P_LM).
-    if prof.residual {
-        let dir = run.train(task, "pema-residual", &["--form", "residual"], ratio)?;
+    if let Some(res) = adapters.iter().find(|a| a.name == "pema-residual") {
+        let dir = res.dir(task);
         let (l, report) = tune(run, task, "pema-residual", &dir)?;
         let tuning = report.map(|v| json!({"lambda_tuning": v}));
         let summary = train_summary(&dir).map(|mut s| {
             s["lambda_tuning"] = tuning.clone().unwrap_or(Value::Null);
             s
         });
-        decode_pema(run, task, "residual-gu-tuned", &dir, l, "gu", "ratio", true)?;
-        rows.push(row(
-            "residual-gu-tuned",
+        add(
+            rows,
+            pd("residual-gu-tuned", &dir, l, "gu", "ratio", true),
             format!(
                 "pema extension: residual h_pd = f + σ⊙B_pd·z, GU, {}",
                 lambda_label(l)
             ),
             "extension",
             summary,
-        ));
-        decode_pema(
-            run,
-            task,
-            "residual-constant-tuned",
-            &dir,
-            l,
-            "constant",
-            "ratio",
-            false,
-        )?;
-        rows.push(row(
-            "residual-constant-tuned",
+        );
+        add(
+            rows,
+            pd(
+                "residual-constant-tuned",
+                &dir,
+                l,
+                "constant",
+                "ratio",
+                false,
+            ),
             format!(
                 "pema extension: residual h_pd, constant λ, {}",
                 lambda_label(l)
             ),
             "extension",
             None,
-        ));
+        );
     }
 
     // Ablations of the paper-exact adapter, each decoded with leak-free GU at λmax 0.9.
-    if task.full && prof.ablations {
-        let mut ablations: Vec<(String, String, Vec<String>)> = vec![
-            (
-                "pema-kappa-0".into(),
-                "Ablation: κ = 0 (no reconstruction loss)".into(),
-                vec!["--kappa".into(), "0".into()],
-            ),
-            (
-                "pema-bpd-only".into(),
-                "Ablation: B_pd only (phase 2 on phase 1's frozen A₁)".into(),
-                vec!["--plan".into(), "bpd-only".into()],
-            ),
-            (
-                "pema-raw-keys".into(),
-                "Paper-exact keys: raw f(c), no standardisation".into(),
-                vec!["--key-norm".into(), "none".into()],
-            ),
-        ];
-        if prof.joint_ablation {
-            ablations.push((
-                "pema-joint".into(),
-                "Ablation: phase 2 only (A, B_rct, B_pd trained jointly)".into(),
-                vec!["--plan".into(), "joint".into()],
-            ));
-        }
-        for &k in prof.extra_kappas {
-            ablations.push((
-                kappa_name(k),
-                format!("κ sweep: κ = {k}"),
-                vec!["--kappa".into(), k.to_string()],
-            ));
-        }
-        for (name, label, extra) in &ablations {
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            let steps = prof.ablation_steps2.or(prof.max_steps2);
-            let dir = run.train_on(task, name, "", &extra, ratio, steps)?;
-            decode_pema(run, task, name, &dir, paper, "gu", "ratio", false)?;
-            rows.push(row(name, label.clone(), "ablation", train_summary(&dir)));
-        }
-        if prof.free_running_row {
-            let dir = run.train_on(task, "pema-free", "-free", &[], ratio, prof.max_steps2)?;
-            decode_pema(run, task, "pema-free", &dir, paper, "gu", "ratio", false)?;
-            rows.push(row(
-                "pema-free",
-                "PEMA on a free-running memory (the paper's construction)".into(),
-                "ablation",
-                train_summary(&dir),
-            ));
-        }
+    for a in adapters.iter().filter(|a| !a.label.is_empty()) {
+        let dir = a.dir(task);
+        add(
+            rows,
+            pd(&a.name, &dir, paper, "gu", "ratio", false),
+            a.label.clone(),
+            "ablation",
+            train_summary(&dir),
+        );
     }
-    Ok(PemaOutcome { main })
+    Ok((PemaOutcome { main }, decodes))
 }

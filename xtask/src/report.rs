@@ -29,8 +29,10 @@ pub(crate) fn report(summary: &Value) -> String {
         "Model {}. Adapter r = {}, κ = 0.2, keys standardised per dimension (pema; the paper-exact raw \
          keys are an ablation row), phase batches {}/{}, ≤ {} epochs, step caps {}/{} (phase 1/2), \
          validation every {} steps on {} dev entries (early stopping: the paper's rule, best weights \
-         kept). Memories: teacher-forced with the task's 3-shot prompt. Decoding: greedy, f32 \
-         weights (as the memories), stop at the newline. Stage time {:.0} s in all (cached stages \
+         kept); phase 1 is trained once per memory and shared by the adapters that read the \
+         same keys (their \"train s\" counts phase 2 only). Memories: teacher-forced with the task's 3-shot prompt. Decoding: greedy, f32 \
+         weights (as the memories), stop at the newline. Wall time of this invocation {:.0} s \
+         ({} stage(s) side by side); the stages' own times add up to {:.0} s (cached stages \
          included).\n",
         summary["model"].as_str().unwrap_or("?"),
         summary["adapter"]["rank"],
@@ -41,6 +43,10 @@ pub(crate) fn report(summary: &Value) -> String {
         summary["adapter"]["max_steps2"],
         summary["adapter"]["validate_every"],
         summary["adapter"]["dev_max"],
+        summary["wall_seconds_this_invocation"]
+            .as_f64()
+            .unwrap_or(0.0),
+        summary["lanes"].as_u64().unwrap_or(1),
         summary["stage_seconds_total"].as_f64().unwrap_or(0.0),
     );
     for t in summary["tasks"].as_array().into_iter().flatten() {

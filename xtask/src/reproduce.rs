@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 pub use crate::profile::{FULL, QUICK, STANDARD};
 pub use crate::run::Options;
-use crate::run::{Row, Run, SPLIT_SEED, Task, pema_args, read_json, take_lines};
+use crate::run::{Job, Row, Run, SPLIT_SEED, Task, pema_args, read_json, take_lines};
 
 /// Runs the whole pipeline.
 pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
@@ -61,8 +61,12 @@ pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
     }
     let model = root.join("assets/gemma-3-270m");
     let run = Run {
+        failed: Default::default(),
         root: root.to_path_buf(),
-        pema: root.join("target/release/pema"),
+        // Where `cargo build` above put the binary (it follows CARGO_TARGET_DIR).
+        pema: std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), |d| root.join(d))
+            .join("release/pema"),
         model: model.to_string_lossy().into_owned(),
         head: out.join("head.safetensors").to_string_lossy().into_owned(),
         opts,
@@ -126,6 +130,7 @@ pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
                     "dev_max": (prof.dev_max != usize::MAX).then_some(prof.dev_max)},
         "memory": {"mode": "teacher-forced", "template": "fixtures/templates/<task>-3shot.txt"},
         "wall_seconds_this_invocation": started.elapsed().as_secs_f64(),
+        "lanes": run.opts.lanes,
         "stage_seconds_total": stage_seconds(&out),
         "tasks": task_results,
     });
@@ -186,7 +191,11 @@ fn prepare_data(run: &Run, task: &Task) -> Result<Value> {
                 (
                     split_dir.clone(),
                     ["train.jsonl", "dev.jsonl", "test.jsonl"],
-                    prof.side_sizes,
+                    if key == "ding" {
+                        prof.ding_sizes
+                    } else {
+                        prof.formality_sizes
+                    },
                     json!({"split": split_dir.join("split.json"), "info": format!("{info:?}")}),
                 )
             }
@@ -237,8 +246,10 @@ pub(crate) struct Decodes {
     pub(crate) ratio: f64,
 }
 
-/// Every decoding stage of one task: PLM baselines, memories, kNN-LM, PEMA rows, the λmax
-/// sweep and LoRA.
+/// Every stage of one task after its data: PLM baselines, memories, kNN-LM, adapters, PEMA
+/// rows, the λmax sweep and LoRA. Independent stages run side by side in three waves: what
+/// needs only the data (memories, PLM baselines, LoRA's training), what needs the memories
+/// (kNN-LM tuning, the adapters), and every decode.
 fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
     let prof = run.opts.profile;
     let few = task.few_template.as_str();
@@ -255,9 +266,53 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
             train,
         })
     };
+    let lora_dir = task.p("lora");
+    let lora_summary = task.dir.join("lora/summary.json");
+    let knn_json = task.p("knn.json");
 
-    // PLM baselines.
-    run.decode(task, "plm-zero-shot", task.zero_template, &[])?;
+    // Wave 1: external memories (teacher-forced; see the module docs), LoRA, PLM baselines.
+    let modes: &[(&str, &str)] = if task.full && prof.free_running_row {
+        &[("teacher", ""), ("free", "-free")]
+    } else {
+        &[("teacher", "")]
+    };
+    let mut wave: Vec<Job<'_>> = Vec::new();
+    for split in ["train", "dev"] {
+        for &(mode, suffix) in modes {
+            wave.push(Box::new(move || {
+                run.stage(
+                    task,
+                    &format!("memory-{split}{suffix}"),
+                    &format!("memory {split} ({mode})"),
+                    || {
+                        run.pema(&[
+                            "memory",
+                            "build",
+                            "--model",
+                            &run.model,
+                            "--pairs",
+                            &task.p(&format!("data/{split}.jsonl")),
+                            "--template",
+                            few,
+                            "--mode",
+                            mode,
+                            "--out",
+                            &task.p(&format!("memory/{split}{suffix}")),
+                        ])
+                    },
+                )
+                .map(|_| ())
+            }));
+        }
+        if split == "train" && task.full {
+            wave.push(Box::new(|| train_lora(run, task, &lora_dir, &lora_summary)));
+        }
+    }
+    wave.push(Box::new(|| run.decode(task, "plm-3-shot", few, &[])));
+    wave.push(Box::new(|| {
+        run.decode(task, "plm-zero-shot", task.zero_template, &[])
+    }));
+    run.side_by_side(wave)?;
     add(
         &mut rows,
         "plm-zero-shot",
@@ -265,7 +320,6 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
         "baseline",
         None,
     );
-    run.decode(task, "plm-3-shot", few, &[])?;
     add(
         &mut rows,
         "plm-3-shot",
@@ -273,68 +327,46 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
         "baseline",
         None,
     );
-
-    // External memories (teacher-forced; see the module docs).
-    let modes: &[(&str, &str)] = if task.full && prof.free_running_row {
-        &[("teacher", ""), ("free", "-free")]
-    } else {
-        &[("teacher", "")]
-    };
-    for (mode, suffix) in modes {
-        for split in ["train", "dev"] {
-            run.stage(
-                task,
-                &format!("memory-{split}{suffix}"),
-                &format!("memory {split} ({mode})"),
-                || {
-                    run.pema(&[
-                        "memory",
-                        "build",
-                        "--model",
-                        &run.model,
-                        "--pairs",
-                        &task.p(&format!("data/{split}.jsonl")),
-                        "--template",
-                        few,
-                        "--mode",
-                        mode,
-                        "--out",
-                        &task.p(&format!("memory/{split}{suffix}")),
-                    ])
-                },
-            )?;
-        }
-    }
     let ratio = length_ratio(Path::new(&run.model), &task.dir.join("data/train.jsonl"))?;
 
-    // kNN-LM on the same memory.
-    let knn_json = task.p("knn.json");
-    run.stage(task, "knn-tune", "kNN-LM: tune k, T, λ on dev", || {
-        run.pema(&[
-            "knn-tune",
-            "--memory",
-            &task.p("memory/train"),
-            "--dev-memory",
-            &task.p("memory/dev"),
-            "--head",
-            &run.head,
-            "--out",
-            &knn_json,
-            "--device",
-            &run.opts.device,
-        ])
-    })?;
-    run.decode(
-        task,
-        "knn-lm",
-        few,
-        &[
-            "--knn-memory",
-            &task.p("memory/train"),
-            "--knn-params",
-            &knn_json,
-        ],
-    )?;
+    // Wave 2: the adapters and the kNN-LM tuning (each needs only the memories).
+    let adapters = crate::pema_rows::adapters(run, task);
+    let mut wave = crate::pema_rows::train_jobs(run, task, ratio, &adapters);
+    wave.push(Box::new(|| {
+        run.stage(task, "knn-tune", "kNN-LM: tune k, T, λ on dev", || {
+            run.pema(&[
+                "knn-tune",
+                "--memory",
+                &task.p("memory/train"),
+                "--dev-memory",
+                &task.p("memory/dev"),
+                "--head",
+                &run.head,
+                "--out",
+                &knn_json,
+                "--device",
+                &run.opts.device,
+            ])
+        })
+        .map(|_| ())
+    }));
+    run.side_by_side(wave)?;
+
+    // Wave 3: every decode (λmax is chosen on dev first, inside `pema_rows`).
+    let mut wave: Vec<Job<'_>> = Vec::new();
+    wave.push(Box::new(|| {
+        run.decode(
+            task,
+            "knn-lm",
+            few,
+            &[
+                "--knn-memory",
+                &task.p("memory/train"),
+                "--knn-params",
+                &knn_json,
+            ],
+        )
+    }));
     add(
         &mut rows,
         "knn-lm",
@@ -343,8 +375,8 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
         read_json(Path::new(&knn_json))
             .map(|v| json!({"tuned": v["best"], "plm_dev_nll": v["plm_nll"]})),
     );
-
-    let main = crate::pema_rows::pema_rows(run, task, ratio, &mut rows)?.main;
+    let (outcome, pema_decodes) = crate::pema_rows::pema_rows(run, task, &adapters, &mut rows)?;
+    wave.extend(pema_decodes);
 
     // λmax sweep (GU vs constant) on the sweep subset.
     let mut sweep = Vec::new();
@@ -352,6 +384,12 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
         for &l in prof.lambda_sweep {
             for sched in ["gu", "constant"] {
                 let name = format!("sweep-{sched}-{l}");
+                sweep.push((sched, l, name));
+            }
+        }
+        for (sched, l, name) in sweep.clone() {
+            let main = outcome.main.clone();
+            wave.push(Box::new(move || {
                 let ls = l.to_string();
                 run.decode_pairs(
                     task,
@@ -359,56 +397,15 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
                     few,
                     &pema_args(&main, &ls, sched, "ratio"),
                     "data/sweep.jsonl",
-                )?;
-                sweep.push((sched, l, name));
-            }
+                )
+            }));
         }
-        run.decode_pairs(task, "sweep-plm", few, &[], "data/sweep.jsonl")?;
-    }
-
-    if task.full {
-        // LoRA fine-tuning of the backbone (the standard PEFT baseline).
-        let lora_dir = task.p("lora");
-        let [steps, batch, rank, dev_pairs] = prof.lora;
-        let lora_summary = task.dir.join("lora/summary.json");
-        let lora_dev = task.p("data/dev-lora.jsonl");
-        run.stage(task, "lora-train", "LoRA fine-tuning", || {
-            take_lines(
-                Path::new(&task.p("data/dev.jsonl")),
-                Path::new(&lora_dev),
-                dev_pairs,
-            )?;
-            let (s, b, r) = (steps.to_string(), batch.to_string(), rank.to_string());
-            run.pema(&[
-                "lora",
-                "--model",
-                &run.model,
-                "--pairs",
-                &task.p("data/train.jsonl"),
-                "--dev-pairs",
-                &lora_dev,
-                "--template",
-                few,
-                "--out",
-                &lora_dir,
-                "--rank",
-                &r,
-                "--batch-size",
-                &b,
-                "--max-steps",
-                &s,
-                "--validate-every",
-                "8",
-                "--device",
-                &run.opts.device,
-                "--summary",
-                &lora_summary.to_string_lossy(),
-            ])?;
-            // The typed summary must parse: a silent `{}` would drop LoRA's row data.
-            let _: LoraSummary = pema_pipeline::summary::read_json(&lora_summary)?;
-            Ok(())
-        })?;
-        run.decode(task, "lora", few, &["--lora", &lora_dir])?;
+        wave.push(Box::new(|| {
+            run.decode_pairs(task, "sweep-plm", few, &[], "data/sweep.jsonl")
+        }));
+        wave.push(Box::new(|| {
+            run.decode(task, "lora", few, &["--lora", &lora_dir])
+        }));
         add(
             &mut rows,
             "lora",
@@ -417,5 +414,49 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
             read_json(&lora_summary),
         );
     }
+    run.side_by_side(wave)?;
     Ok(Decodes { rows, sweep, ratio })
+}
+
+/// LoRA fine-tuning of the backbone (the standard PEFT baseline), its typed summary checked.
+fn train_lora(run: &Run, task: &Task, lora_dir: &str, lora_summary: &Path) -> Result<()> {
+    let [steps, batch, rank, dev_pairs] = run.opts.profile.lora;
+    let lora_dev = task.p("data/dev-lora.jsonl");
+    run.stage(task, "lora-train", "LoRA fine-tuning", || {
+        take_lines(
+            Path::new(&task.p("data/dev.jsonl")),
+            Path::new(&lora_dev),
+            dev_pairs,
+        )?;
+        let (s, b, r) = (steps.to_string(), batch.to_string(), rank.to_string());
+        run.pema(&[
+            "lora",
+            "--model",
+            &run.model,
+            "--pairs",
+            &task.p("data/train.jsonl"),
+            "--dev-pairs",
+            &lora_dev,
+            "--template",
+            &task.few_template,
+            "--out",
+            lora_dir,
+            "--rank",
+            &r,
+            "--batch-size",
+            &b,
+            "--max-steps",
+            &s,
+            "--validate-every",
+            "8",
+            "--device",
+            &run.opts.device,
+            "--summary",
+            &lora_summary.to_string_lossy(),
+        ])?;
+        // The typed summary must parse: a silent `{}` would drop LoRA's row data.
+        let _: LoraSummary = pema_pipeline::summary::read_json(lora_summary)?;
+        Ok(())
+    })
+    .map(|_| ())
 }

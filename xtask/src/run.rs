@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,12 +26,30 @@ pub struct Options {
     pub device: String,
     /// Tasks to run (`wmt22`, `ding`, `formality`).
     pub tasks: Vec<String>,
+    /// Independent stages run side by side, at most this many at once (each `pema` process
+    /// then gets `cores / lanes` threads).
+    pub lanes: usize,
 }
+
+/// Default lanes: on the CPU one per core up to 2 (a `pema` process keeps ~1.2 of 2 cores
+/// busy: its element-wise ops run on one thread between the multi-threaded matrix products,
+/// so two single-threaded processes side by side use the machine better); 1 on a GPU.
+pub fn default_lanes(device: &str) -> usize {
+    if device != "cpu" {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+/// A stage that can run side by side with others (see [`Run::side_by_side`]).
+pub(crate) type Job<'a> = Box<dyn FnOnce() -> Result<()> + Send + 'a>;
 
 /// Seed of the Ding splits (fixed: every run uses the same split).
 pub(crate) const SPLIT_SEED: u64 = 20_240_616;
 
 pub(crate) struct Run {
+    /// Set when a stage run side by side failed (waiting stages give up).
+    pub(crate) failed: AtomicBool,
     pub(crate) root: PathBuf,
     pub(crate) pema: PathBuf,
     pub(crate) model: String,
@@ -69,7 +89,50 @@ impl Run {
         eprintln!("$ pema {}", args.join(" "));
         let mut c = Command::new(&self.pema);
         c.args(args).current_dir(&self.root);
+        if self.opts.lanes > 1 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            c.env(
+                "RAYON_NUM_THREADS",
+                (cores / self.opts.lanes).max(1).to_string(),
+            );
+        }
         c
+    }
+
+    /// Runs independent stages, at most `lanes` at once, in the given order (put the longest
+    /// first). Every started job finishes; the first error is returned.
+    pub(crate) fn side_by_side(&self, jobs: Vec<Job<'_>>) -> Result<()> {
+        let lanes = self.opts.lanes.min(jobs.len());
+        if lanes <= 1 {
+            return jobs.into_iter().try_for_each(|job| job());
+        }
+        let queue = Mutex::new(jobs.into_iter());
+        let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..lanes {
+                s.spawn(|| {
+                    loop {
+                        if failed.lock().map_or(true, |f| f.is_some()) {
+                            break;
+                        }
+                        let Some(job) = queue.lock().ok().and_then(|mut q| q.next()) else {
+                            break;
+                        };
+                        if let Err(e) = job() {
+                            self.failed.store(true, Ordering::SeqCst);
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        match failed.into_inner() {
+            Ok(Some(e)) => Err(e),
+            Ok(None) => Ok(()),
+            Err(_) => bail!("a stage panicked"),
+        }
     }
 
     pub(crate) fn pema(&self, args: &[&str]) -> Result<()> {
@@ -115,6 +178,26 @@ impl Run {
         fs::create_dir_all(path.parent().unwrap_or(&task.dir))?;
         fs::write(&path, format!("{secs:.1}\n"))?;
         Ok(secs)
+    }
+
+    /// Waits until the adapter `donor` of `task` has written its phase-1 result (it trains side
+    /// by side); returns its directory, or `None` when the donor finished without one (a
+    /// cached run of older code): phase 1 is then trained again.
+    pub(crate) fn phase1_of(&self, task: &Task, donor: &str) -> Result<Option<String>> {
+        let dir = task.dir.join("adapters").join(donor);
+        let done = task.dir.join("stages").join(format!("train-{donor}"));
+        loop {
+            if dir.join(pema_pipeline::train::PHASE1_STATE).exists() {
+                return Ok(Some(dir.to_string_lossy().into_owned()));
+            }
+            if done.exists() {
+                return Ok(None);
+            }
+            if self.failed.load(Ordering::SeqCst) {
+                bail!("adapter `{donor}` failed before its phase 1 was written");
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
     }
 
     /// Decodes `pairs` (default: the test subset) into `hyp/<name>.txt` (+ summary JSON).
@@ -175,23 +258,6 @@ impl Run {
             },
         )?;
         Ok(())
-    }
-
-    /// Trains an adapter `adapters/<name>` on the task's memories.
-    pub(crate) fn train(
-        &self,
-        task: &Task,
-        name: &str,
-        extra: &[&str],
-        ratio: f64,
-    ) -> Result<String> {
-        let prof = self.opts.profile;
-        let steps = if task.full {
-            prof.max_steps2
-        } else {
-            prof.side_steps2.or(prof.max_steps2)
-        };
-        self.train_on(task, name, "", extra, ratio, steps)
     }
 
     /// Trains `adapters/<name>` on `memory/{train,dev}<suffix>`.

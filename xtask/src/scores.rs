@@ -78,12 +78,26 @@ pub(crate) fn score_task(run: &Run, task: &Task, data: Value, decodes: Decodes) 
     let mut method_rows = Vec::new();
     for r in &rows {
         let decode = read_json(&task.dir.join(format!("hyp/{}.summary.json", r.method)));
+        // A row copied from the PLM's output has no p-value: sacreBLEU's paired bootstrap
+        // returns its floor, 1/(n+1), for two identical systems.
+        let identical = decode
+            .as_ref()
+            .is_some_and(|d| d["identical_to"].is_string());
+        let scores = |all: &[Value]| -> Vec<Value> {
+            let mut v = pick(all, &r.method);
+            if identical {
+                for s in &mut v {
+                    s["p_value"] = Value::Null;
+                }
+            }
+            v
+        };
         method_rows.push(json!({
             "method": r.method,
             "label": r.label,
             "group": r.group,
-            "raw": pick(&raw_scores, &r.method),
-            "post": pick(&post_scores, &r.method),
+            "raw": scores(&raw_scores),
+            "post": scores(&post_scores),
             "decode": decode,
             "train": r.train,
         }));

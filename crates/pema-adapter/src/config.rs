@@ -181,6 +181,10 @@ pub struct TrainConfig {
     /// How h_pd is formed (paper: B_pd·z).
     #[serde(default)]
     pub form: HpdForm,
+    /// Start phase 2 from the phase-1 result another run wrote into this directory (its
+    /// `phase1.json`; every setting phase 1 reads must match) instead of training phase 1.
+    #[serde(default)]
+    pub phase1_from: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -215,6 +219,7 @@ impl Default for TrainConfig {
             key_norm: KeyNorm::Standardize,
             plan: PhasePlan::TwoPhase,
             form: HpdForm::Paper,
+            phase1_from: None,
         }
     }
 }

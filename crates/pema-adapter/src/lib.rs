@@ -31,6 +31,6 @@ pub use head_ce::{
 };
 pub use inference::PemaLogits;
 pub use train::{
-    DevMetrics, PhaseReport, TrainReport, key_stats_host, key_stats_of, record_validation, train,
-    train_step,
+    DevMetrics, PHASE1_STATE, PHASE1_WEIGHTS, PhaseReport, TrainReport, key_stats_host,
+    key_stats_of, record_validation, train, train_step,
 };

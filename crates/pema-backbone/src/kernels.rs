@@ -3,7 +3,8 @@
 //! The model code ([`crate::model`]) is written once against [`Kernels`]. Every method has a
 //! default built from plain burn tensor ops ([`Reference`]: exact f32/f64, any backend,
 //! differentiable). [`CpuKernels`] keeps the same model code and replaces attention with a host
-//! kernel over a host-side KV cache and, when given packed GGUF weights
+//! kernel over a host-side KV cache, the element-wise gated activation and RoPE with host
+//! passes ([`crate::elementwise`]) and, when given packed GGUF weights
 //! ([`crate::packed::PackedModel`]), every weight product with integer dot products on the
 //! quantised blocks.
 
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::cache::SeqKv;
+use crate::config::Family;
 use crate::head::LmHead;
-use crate::nn::Linear;
+use crate::nn::{Linear, Rope};
 use crate::packed::PackedModel;
 
 /// Which projection of a block a linear-layer call is.
@@ -100,6 +102,22 @@ pub trait Kernels<B: Backend>: Send + Sync {
         head.forward(h)
     }
 
+    /// The gated feed-forward product `act(gate) ⊙ up`, `[n, ff]` each.
+    fn gated(&self, family: Family, gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+        crate::elementwise::gated_reference(family, gate, up)
+    }
+
+    /// RoPE on `x: [n, heads, head_dim]` with the tables of [`Rope::tables_flat`].
+    fn rope(
+        &self,
+        rope: &Rope,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        rope.apply_flat(x, cos, sin)
+    }
+
     /// Appends the new keys/values to each sequence's layer-`layer` cache and attends:
     /// `q: [N, n_heads, hd]`, `k, v: [N, n_kv, hd]` → `[N, n_heads·hd]`, causal (and windowed).
     fn attention(
@@ -174,7 +192,7 @@ impl<B: Backend> Kernels<B> for CpuKernels {
         let packed = self.packed.as_ref();
         match packed.and_then(|p| p.head().map(|m| (m, p.simd()))) {
             Some((m, simd)) => crate::packed::matmul_tensor(m, simd, head.norm(h)),
-            None => head.forward(h),
+            None => crate::elementwise::head_logits(head, h),
         }
     }
 
@@ -188,6 +206,20 @@ impl<B: Backend> Kernels<B> for CpuKernels {
         spec: &AttnSpec,
     ) -> Tensor<B, 2> {
         crate::attention::attention_host(layer, q, k, v, batch, spec)
+    }
+
+    fn gated(&self, family: Family, gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+        crate::elementwise::gated(family, gate, up)
+    }
+
+    fn rope(
+        &self,
+        rope: &Rope,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        crate::elementwise::rope(rope.layout, x, cos, sin)
     }
 
     fn name(&self) -> &'static str {

@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod elementwise;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -6,14 +6,14 @@
 //! [`Transformer::forward_ragged`] (ragged batches, one cache per sequence, any
 //! [`Kernels`]).
 
-use burn::tensor::{Int, Tensor, TensorData, activation, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::cache::{KvCache, SeqKv};
-use crate::config::{Family, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{BackboneError, Result};
 use crate::head::LmHead;
 use crate::kernels::{AttnSpec, Kernels, Proj, Ragged, Reference};
-use crate::nn::{Linear, RmsNorm, Rope, gelu_tanh};
+use crate::nn::{Linear, RmsNorm, Rope};
 
 /// Self-attention of one block (grouped-query, RoPE, optional q/k norms).
 #[derive(Debug, Clone)]
@@ -263,12 +263,9 @@ impl<B: Backend> Transformer<B> {
         let h = block.ffn_norm.forward(x.clone());
         let mlp = &block.mlp;
         let gate = kernels.linear(il, Proj::Gate, &mlp.ffn_gate, h.clone());
-        let gate = match self.config.family {
-            Family::Llama => activation::silu(gate),
-            Family::Gemma3 => gelu_tanh(gate),
-        };
         let up = kernels.linear(il, Proj::Up, &mlp.ffn_up, h);
-        let mut h = kernels.linear(il, Proj::Down, &mlp.ffn_down, gate * up);
+        let act = kernels.gated(self.config.family, gate, up);
+        let mut h = kernels.linear(il, Proj::Down, &mlp.ffn_down, act);
         if let Some(n) = &block.post_ffw_norm {
             h = n.forward(h);
         }
@@ -309,8 +306,8 @@ impl<B: Backend> Transformer<B> {
             (Some(tables), true) => (&ctx.local, tables),
             _ => (&ctx.global, &ctx.rope_global),
         };
-        let q = rope.apply_flat(q, cos, sin);
-        let k = rope.apply_flat(k, cos, sin);
+        let q = kernels.rope(rope, q, cos, sin);
+        let k = kernels.rope(rope, k, cos, sin);
         let spec = AttnSpec {
             n_heads: nh,
             n_kv_heads: nkv,

@@ -92,6 +92,10 @@ pub struct TrainArgs {
     /// so P_PEMA starts as P_LM and learns the domain's correction).
     #[arg(long, value_enum, default_value_t = FormArg::Paper)]
     pub form: FormArg,
+    /// Start phase 2 from the phase-1 result of another run on the same memories (its output
+    /// directory; every phase-1 setting must match) instead of training phase 1 again.
+    #[arg(long)]
+    pub phase1_from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub head_opts: crate::head_args::HeadArgs,
 }
@@ -165,6 +169,7 @@ impl TrainArgs {
                 PlanArg::Joint => PhasePlan::Joint,
                 PlanArg::BpdOnly => PhasePlan::BpdOnly,
             },
+            phase1_from: self.phase1_from.clone(),
             ..TrainConfig::default()
         }
     }
@@ -220,6 +225,10 @@ pub struct TuneLambdaArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     pub device: crate::backend::DeviceArg,
+    /// Start phase 2 from the phase-1 result of another run on the same memories (its output
+    /// directory; every phase-1 setting must match) instead of training phase 1 again.
+    #[arg(long)]
+    pub phase1_from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub head_opts: crate::head_args::HeadArgs,
 }

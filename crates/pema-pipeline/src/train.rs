@@ -12,6 +12,8 @@ use pema_schedule::LambdaTuneReport;
 use crate::error::Result;
 use crate::summary::{TrainSummary, write_json_pretty};
 
+pub use pema_adapter::PHASE1_STATE;
+
 /// File name of the summary written next to a trained adapter.
 pub const TRAIN_SUMMARY: &str = "train_summary.json";
 

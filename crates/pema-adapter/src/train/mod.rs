@@ -44,6 +44,7 @@ use crate::head_ce::FusedHead;
 
 mod checkpoint;
 mod phase;
+mod shared;
 mod stats;
 mod step;
 #[cfg(test)]
@@ -51,6 +52,7 @@ mod tests;
 
 use checkpoint::{CheckpointState, JsonLog, check_resume, load_start, write_checkpoint};
 use phase::{fresh_start, mix, run_phase};
+pub use shared::{PHASE1_STATE, PHASE1_WEIGHTS};
 pub use stats::{key_stats_host, key_stats_of};
 pub use step::{StepOutcome, train_step};
 
@@ -225,6 +227,14 @@ pub fn train<B: AutodiffBackend>(
             let start = load_start::<B>(&ctx, &st, Phase::Prediction, acfg)?;
             (report, None, Some(start))
         }
+        None if cfg.plan != PhasePlan::Joint && cfg.phase1_from.is_some() => {
+            let dir = cfg.phase1_from.as_deref().unwrap_or(out);
+            let (report, best) = shared::load_phase1(&ctx, dir, acfg)?;
+            ctx.log.write(&serde_json::json!({
+                "event": "phase1_shared", "from": dir.display().to_string()
+            }))?;
+            (report, Some(best), None)
+        }
         None if cfg.plan == PhasePlan::Joint => {
             // Ablation: no phase 1; phase 2 starts from a fresh adapter (B_rct = 0, trained).
             let fresh =
@@ -242,6 +252,7 @@ pub fn train<B: AutodiffBackend>(
                 }
             };
             let (best, report) = run_phase(&mut ctx, Phase::Reconstruction, start)?;
+            shared::save_phase1(&ctx, &best, &report)?;
             (report, Some(best), None)
         }
     };
