@@ -331,7 +331,9 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
 
     // Wave 2: the adapters and the kNN-LM tuning (each needs only the memories).
     let adapters = crate::pema_rows::adapters(run, task);
-    let mut wave = crate::pema_rows::train_jobs(run, task, ratio, &adapters);
+    // kNN-LM tuning goes first: an adapter that shares phase 1 waits for its donor, and the
+    // lane would idle through that phase 1 if this job were queued behind it.
+    let mut wave: Vec<Job<'_>> = Vec::new();
     wave.push(Box::new(|| {
         run.stage(task, "knn-tune", "kNN-LM: tune k, T, λ on dev", || {
             run.pema(&[
@@ -350,6 +352,7 @@ fn decode_methods(run: &Run, task: &Task) -> Result<Decodes> {
         })
         .map(|_| ())
     }));
+    wave.extend(crate::pema_rows::train_jobs(run, task, ratio, &adapters));
     run.side_by_side(wave)?;
 
     // Wave 3: every decode (λmax is chosen on dev first, inside `pema_rows`).

@@ -239,7 +239,7 @@ pub fn attention_host<B: Backend>(
     Tensor::from_data(data, &device)
 }
 
-fn host_vec<T: burn::tensor::Element>(d: TensorData) -> Vec<T> {
+pub(crate) fn host_vec<T: burn::tensor::Element>(d: TensorData) -> Vec<T> {
     d.convert::<T>().into_vec::<T>().unwrap_or_default()
 }
 

@@ -16,10 +16,7 @@ use crate::config::{Family, RopeLayout};
 const CHUNK: usize = 16 * 1024;
 
 fn host_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
-    x.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_default()
+    crate::attention::host_vec(x.into_data())
 }
 
 /// `act(gate) ⊙ up` with the family's activation (GELU-tanh for Gemma 3, SiLU for Llama),
@@ -78,7 +75,7 @@ fn silu_f32(x: f32) -> f32 {
 /// Rotates `x: [n, heads, head_dim]` by the tables `cos, sin: [n, 1, head_dim/2]` in the given
 /// layout, on the host (see [`crate::nn::Rope::apply_flat`] for the reference).
 pub fn rope<B: Backend>(
-    layout: RopeLayout,
+    rope: &crate::nn::Rope,
     x: Tensor<B, 3>,
     cos: &Tensor<B, 3>,
     sin: &Tensor<B, 3>,
@@ -86,13 +83,9 @@ pub fn rope<B: Backend>(
     let [n, h, hd] = x.dims();
     let half = hd / 2;
     if x.dtype() != DType::F32 || cos.dims() != [n, 1, half] || hd % 2 != 0 {
-        let r = crate::nn::Rope {
-            theta: 0.0,
-            scale: 1.0,
-            layout,
-        };
-        return r.apply_flat(x, cos, sin);
+        return rope.apply_flat(x, cos, sin);
     }
+    let layout = rope.layout;
     let device = x.device();
     let mut v = host_f32(x);
     let (c, s) = (host_f32(cos.clone()), host_f32(sin.clone()));
@@ -203,7 +196,7 @@ mod tests {
                 layout,
             };
             let (c, s) = r.tables_flat::<B>(&[0, 1, 2, 9, 40], hd, &dev);
-            let host = rope(layout, x.clone(), &c, &s);
+            let host = rope(&r, x.clone(), &c, &s);
             let reference = r.apply_flat(x.clone(), &c, &s);
             assert!(max_diff(host, reference) < 1e-6, "{layout:?}");
         }

@@ -219,7 +219,7 @@ impl<B: Backend> Kernels<B> for CpuKernels {
         cos: &Tensor<B, 3>,
         sin: &Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        crate::elementwise::rope(rope.layout, x, cos, sin)
+        crate::elementwise::rope(rope, x, cos, sin)
     }
 
     fn name(&self) -> &'static str {

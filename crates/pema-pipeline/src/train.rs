@@ -69,8 +69,12 @@ pub fn train_adapter<B: AutodiffBackend>(
     for p in [&report.phase1, &report.phase2] {
         let best = p.best.map(|m| m.loss).unwrap_or(f64::NAN);
         eprintln!(
-            "phase {}: {} steps in {:.1}s, best dev loss {best:.5} at step {}{}{}",
+            "phase {}{}: {} steps in {:.1}s, best dev loss {best:.5} at step {}{}{}",
             p.phase,
+            match (&cfg.phase1_from, p.phase) {
+                (Some(dir), 1) => format!(" (shared, from {})", dir.display()),
+                _ => String::new(),
+            },
             p.steps,
             p.seconds,
             p.best_step,
