@@ -114,15 +114,11 @@ const WORDS: &[&str] = &[
 ];
 
 /// SplitMix64: a tiny deterministic generator so the data is identical on every run.
-struct Gen(u64);
+struct Gen(pema_common::SplitMix64);
 
 impl Gen {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
@@ -137,7 +133,7 @@ impl Gen {
 
 /// `n` (hypothesis, reference) pairs of 5–45 words; hypotheses are edited references.
 fn corpus(n: usize) -> (Vec<String>, Vec<String>) {
-    let mut g = Gen(20_241_127);
+    let mut g = Gen(pema_common::SplitMix64(20_241_127));
     let mut hyps = Vec::with_capacity(n);
     let mut refs = Vec::with_capacity(n);
     for _ in 0..n {

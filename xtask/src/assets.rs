@@ -471,13 +471,7 @@ impl Write for HashingWriter {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
+pub(crate) use pema_common::hex;
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6

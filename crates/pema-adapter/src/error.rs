@@ -6,14 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     /// An I/O error on a named file or directory.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pema_common::FileError),
     /// A JSON file (adapter config, checkpoint state) could not be read or written.
     #[error("JSON file {path}: {source}")]
     Json {
@@ -108,10 +102,7 @@ pub enum AdapterError {
 impl AdapterError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io(pema_common::FileError::new(path, source))
     }
 }
 

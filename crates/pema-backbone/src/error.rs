@@ -15,14 +15,8 @@ pub enum BackboneError {
         source: crate::gguf::GgufError,
     },
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pema_common::FileError),
     /// A safetensors file could not be parsed.
     #[error("safetensors file {path}: {message}")]
     Safetensors {

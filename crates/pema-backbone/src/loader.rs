@@ -103,10 +103,7 @@ impl HfWeights {
     /// Opens every `*.safetensors` file in `dir`.
     pub fn open(dir: &Path, family: Family) -> Result<Self> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| BackboneError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?
+            .map_err(pema_common::FileError::at(dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
             .collect();
@@ -354,10 +351,8 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
     }
     let cfg_path = dir.join("config.json");
     if cfg_path.exists() && tok_path.exists() {
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| BackboneError::Io {
-            path: cfg_path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&cfg_path).map_err(pema_common::FileError::at(&cfg_path))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| BackboneError::Json {
                 path: cfg_path.clone(),
@@ -398,15 +393,9 @@ pub fn sha256_files(paths: &[PathBuf]) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for p in paths {
-        let mut f = std::fs::File::open(p).map_err(|source| BackboneError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let mut f = std::fs::File::open(p).map_err(pema_common::FileError::at(p))?;
         loop {
-            let n = f.read(&mut buf).map_err(|source| BackboneError::Io {
-                path: p.clone(),
-                source,
-            })?;
+            let n = f.read(&mut buf).map_err(pema_common::FileError::at(p))?;
             if n == 0 {
                 break;
             }

@@ -20,16 +20,10 @@ pub struct StFile {
 impl StFile {
     /// Maps `path` and validates its header.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| BackboneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = File::open(path).map_err(pema_common::FileError::at(path))?;
         // SAFETY: the file is opened read-only; pema never writes a file it has mapped, and a
         // concurrent external truncation is outside what any mmap-based reader can guard against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| BackboneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let mmap = unsafe { Mmap::map(&file) }.map_err(pema_common::FileError::at(path))?;
         let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e))?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         SafeTensors::deserialize(&mmap).map_err(|e| st_err(path, e))?;
@@ -167,20 +161,7 @@ pub fn write_f32(
         views.push((name.to_string(), view));
     }
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| st_err(path, e))?;
-    write_atomic(path, &bytes).map_err(|source| BackboneError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Writes `bytes` to `path` atomically (a `.tmp` sibling renamed over `path`): the one
-/// artifact writer of pema's files (safetensors, adapter and LoRA metadata, dataset splits).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    Ok(pema_common::write_atomic(path, &bytes)?)
 }
 
 impl StFile {

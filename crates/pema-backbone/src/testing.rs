@@ -44,16 +44,9 @@ pub fn tiny_config(family: Family) -> ModelConfig {
 
 /// Deterministic pseudo-random numbers (SplitMix64 → uniform in [-1, 1)).
 pub fn pseudo_random(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
+    let mut rng = pema_common::SplitMix64(seed);
     (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect()
 }
 

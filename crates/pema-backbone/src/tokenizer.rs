@@ -33,10 +33,7 @@ impl std::fmt::Debug for PemaTokenizer {
 impl PemaTokenizer {
     /// Loads `tokenizer.json`; `add_bos`/`bos`/`eos` come from the model's metadata.
     pub fn from_file(path: &Path, add_bos: bool, bos: Option<u32>, eos: Vec<u32>) -> Result<Self> {
-        let json = std::fs::read_to_string(path).map_err(|source| BackboneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let json = std::fs::read_to_string(path).map_err(pema_common::FileError::at(path))?;
         Self::from_json(&json, add_bos, bos, eos)
             .map_err(|e| BackboneError::Tokenizer(format!("{}: {e}", path.display())))
     }

@@ -37,16 +37,15 @@ pub fn dispatch<T: BackendTask>(device: DeviceArg, task: T) -> Result<T::Output>
     }
 }
 
-#[cfg(not(feature = "flex"))]
-fn run_cpu<T: BackendTask>(task: T) -> Result<T::Output> {
-    use burn::backend::{Autodiff, NdArray};
-    task.run::<Autodiff<NdArray<f32>>>(Default::default())
-}
-
+/// The CPU backend this binary is built with (inference; training wraps it in `Autodiff`).
 #[cfg(feature = "flex")]
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend this binary is built with (inference; training wraps it in `Autodiff`).
+#[cfg(not(feature = "flex"))]
+pub type CpuBackend = burn::backend::NdArray<f32>;
+
 fn run_cpu<T: BackendTask>(task: T) -> Result<T::Output> {
-    use burn::backend::{Autodiff, Flex};
-    task.run::<Autodiff<Flex>>(Default::default())
+    task.run::<burn::backend::Autodiff<CpuBackend>>(Default::default())
 }
 
 #[cfg(feature = "wgpu")]

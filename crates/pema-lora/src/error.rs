@@ -6,14 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
     /// An I/O error on a named file or directory.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pema_common::FileError),
     /// A JSON file could not be read or written.
     #[error("JSON file {path}: {source}")]
     Json {

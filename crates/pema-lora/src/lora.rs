@@ -211,10 +211,7 @@ impl<B: Backend> Lora<B> {
 
     /// Writes `lora.safetensors` and `lora.json` into `dir` (created if needed).
     pub fn save(&self, dir: &Path, meta: &LoraMeta) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| LoraError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(pema_common::FileError::at(dir))?;
         let host = |t: &Tensor<B, 2>| -> Result<(Vec<f32>, Vec<usize>)> {
             let v = t
                 .to_data()
@@ -241,7 +238,7 @@ impl<B: Backend> Lora<B> {
             path: path.clone(),
             source,
         })?;
-        st::write_atomic(&path, json.as_bytes()).map_err(|source| LoraError::Io { path, source })
+        Ok(pema_common::write_atomic(&path, json.as_bytes())?)
     }
 
     /// Reads a LoRA directory written by [`Lora::save`].
@@ -318,10 +315,7 @@ fn check_model(dir: &Path, meta: &LoraMeta, weights_sha256: &str) -> Result<()> 
 /// Reads and checks `lora.json` of a LoRA directory.
 pub fn read_meta(dir: &Path) -> Result<LoraMeta> {
     let path: PathBuf = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| LoraError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(pema_common::FileError::at(&path))?;
     let meta: LoraMeta = serde_json::from_str(&text).map_err(|source| LoraError::Json {
         path: path.clone(),
         source,

@@ -29,25 +29,7 @@ pub struct MemoryBatch<B: Backend> {
     pub ids: Vec<u64>,
 }
 
-/// SplitMix64: a tiny, fully specified generator for reproducible shuffles.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform integer in `[0, n)` (n > 0), by Lemire's multiply-shift (bias < 2^-32 for the sizes used here).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-}
+pub use pema_common::SplitMix64;
 
 /// The permutation of `0..n` that [`BatchOrder::Shuffled`] with `seed` visits.
 pub fn permutation(n: u64, seed: u64) -> Vec<u64> {

@@ -14,14 +14,8 @@ pub enum MemoryError {
         len: u64,
     },
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pema_common::FileError),
     /// A file that must exist (shard named by the manifest, manifest, pairs file) does not.
     #[error("{path}: file not found")]
     MissingFile {
@@ -111,7 +105,7 @@ impl MemoryError {
         if source.kind() == std::io::ErrorKind::NotFound {
             Self::MissingFile { path }
         } else {
-            Self::Io { path, source }
+            Self::Io(pema_common::FileError::new(path, source))
         }
     }
 }

@@ -8,7 +8,6 @@
 //! is replaced atomically after its shards are durable (see [`crate::writer`]).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -417,31 +416,16 @@ impl Manifest {
     /// over `manifest.json`, fsync the directory. A reader sees the old or the new manifest,
     /// never a mixture, whatever moment the process dies.
     pub fn store_atomic(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-        let path = Self::path_in(dir);
-        {
-            let mut f = fs::File::create(&tmp).map_err(|e| MemoryError::io(&tmp, e))?;
-            f.write_all(&self.to_bytes())
-                .map_err(|e| MemoryError::io(&tmp, e))?;
-            f.sync_all().map_err(|e| MemoryError::io(&tmp, e))?;
-        }
-        fs::rename(&tmp, &path).map_err(|e| MemoryError::io(&path, e))?;
-        sync_dir(dir)
+        Ok(pema_common::write_atomic(
+            &Self::path_in(dir),
+            &self.to_bytes(),
+        )?)
     }
 }
 
 /// fsyncs a directory so that renames and new files in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    let d = fs::File::open(dir).map_err(|e| MemoryError::io(dir, e))?;
-    d.sync_all().map_err(|e| MemoryError::io(dir, e))
+    Ok(pema_common::sync_dir(dir)?)
 }
 
-/// Lowercase hex of a byte string.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use pema_common::hex;

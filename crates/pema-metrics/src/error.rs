@@ -15,14 +15,8 @@ pub enum MetricsError {
         path: PathBuf,
     },
     /// Any other I/O failure while reading a file.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file being read.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {0}")]
+    Io(#[from] pema_common::FileError),
     /// A line is not valid UTF-8.
     #[error("{path}:{line}: invalid UTF-8 (byte offset {byte_offset} in the line)")]
     InvalidUtf8 {

@@ -18,10 +18,7 @@ pub fn read_lines(path: impl AsRef<Path>) -> Result<Vec<String>> {
                 path: path.to_path_buf(),
             }
         } else {
-            MetricsError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            }
+            MetricsError::Io(pema_common::FileError::new(path.to_path_buf(), e))
         }
     })?;
     let mut pieces: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();

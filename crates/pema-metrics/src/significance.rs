@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{MetricsError, Result};
 use crate::metric::{Metric, SegmentStats};
+use pema_common::SplitMix64;
 
 /// sacreBLEU's default seed (`SACREBLEU_SEED`).
 pub const DEFAULT_SEED: u64 = 12345;
@@ -33,25 +34,12 @@ pub struct Rng {
     s: [u64; 4],
 }
 
-fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Rng {
     /// The generator for `stream` (e.g. the resample index) under `seed`.
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut st = stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let mut x = seed ^ splitmix64(&mut st);
-        let s = [
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-        ];
+        let stream = SplitMix64(stream.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64();
+        let mut x = SplitMix64(seed ^ stream);
+        let s = [x.next_u64(), x.next_u64(), x.next_u64(), x.next_u64()];
         Self { s }
     }
 

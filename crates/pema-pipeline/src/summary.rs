@@ -81,18 +81,21 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-/// Writes `value` as pretty JSON (with a final newline).
+/// Writes `value` as pretty JSON (with a final newline), atomically.
 pub fn write_json_pretty<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| PipelineError::Json {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    std::fs::write(path, text + "\n").map_err(|e| PipelineError::io(path, e))
+    Ok(pema_common::write_atomic(path, (text + "\n").as_bytes())?)
 }
 
-/// Writes `value` as one JSON line.
+/// Writes `value` as one JSON line, atomically.
 pub fn write_json_line<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    std::fs::write(path, to_json_line(value)? + "\n").map_err(|e| PipelineError::io(path, e))
+    Ok(pema_common::write_atomic(
+        path,
+        (to_json_line(value)? + "\n").as_bytes(),
+    )?)
 }
 
 /// `value` as compact JSON.

@@ -1,7 +1,5 @@
 //! Typed errors of the schedule crate.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong when planning or tracing PEMA decoding.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -17,14 +15,8 @@ pub enum ScheduleError {
     #[error("length plan: {0}")]
     Shape(String),
     /// Writing a trace file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pema_common::FileError),
 }
 
 /// Result alias for this crate.

@@ -165,10 +165,7 @@ fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
 
 /// Writes traces as JSON lines (one [`StepTrace`] object per line).
 pub fn write_traces_jsonl(path: &Path, traces: &[StepTrace]) -> Result<()> {
-    let io = |source| ScheduleError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ScheduleError::Io(pema_common::FileError::new(path.to_path_buf(), source));
     let file = std::fs::File::create(path).map_err(io)?;
     let mut w = std::io::BufWriter::new(file);
     for t in traces {

@@ -518,8 +518,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })?;
-    pema_backbone::st::write_atomic(path, (text + "\n").as_bytes())
-        .map_err(|e| AdapterError::io(path, e))
+    Ok(pema_common::write_atomic(path, (text + "\n").as_bytes())?)
 }
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

@@ -357,14 +357,7 @@ pub(super) fn scalar_int<B: Backend>(t: Tensor<B, 1, Int>) -> Result<u64> {
         .ok_or_else(|| AdapterError::Config("cannot read a count from the device".into()))
 }
 
-/// splitmix64-style mixing of a seed with a stream number.
-pub(super) fn mix(seed: u64, stream: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub(super) use pema_common::mix;
 
 pub(super) fn permutation(n: usize, seed: u64) -> Vec<u64> {
     let mut ids: Vec<u64> = (0..n as u64).collect();

@@ -22,10 +22,12 @@
 //! hostile file yields a [`GgufError`], never a panic, an out-of-bounds read or a huge allocation.
 
 mod quant;
+mod quantize;
 mod reader;
 mod writer;
 
-pub use quant::{dequantize, quantize};
+pub use quant::dequantize;
+pub use quantize::quantize;
 pub use reader::GgufFile;
 pub use writer::GgufWriter;
 

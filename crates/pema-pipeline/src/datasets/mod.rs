@@ -22,8 +22,8 @@ use std::fs;
 use std::path::Path;
 
 use pema_backbone::head::hex;
+use pema_common::SplitMix64;
 use pema_memory::Pair;
-use pema_memory::batch::SplitMix64;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -199,7 +199,7 @@ fn prepare(
             body.push('\n');
         }
         let path = out_dir.join(name);
-        write_atomic(&path, body.as_bytes())?;
+        pema_common::write_atomic(&path, body.as_bytes())?;
         files.push(SplitFile {
             file: (*name).to_string(),
             count: pairs.len(),
@@ -244,7 +244,7 @@ fn prepare(
         path: split_json.clone(),
         message: e.to_string(),
     })?;
-    write_atomic(&split_json, (json + "\n").as_bytes())?;
+    pema_common::write_atomic(&split_json, (json + "\n").as_bytes())?;
     println!(
         "{}: wrote {} (train {}, dev {}, test {})",
         spec.task,
@@ -328,10 +328,6 @@ fn read_text(path: &Path) -> Result<String> {
 
 fn sha256_file(path: &Path) -> Result<String> {
     Ok(pema_backbone::loader::sha256_files(&[path.to_path_buf()])?)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    pema_backbone::st::write_atomic(path, bytes).map_err(|e| PipelineError::io(path, e))
 }
 
 // ---------------------------------------------------------------------------------------------
