@@ -9,14 +9,8 @@ pub enum AdapterError {
     #[error(transparent)]
     Io(#[from] pema_common::FileError),
     /// A JSON file (adapter config, checkpoint state) could not be read or written.
-    #[error("JSON file {path}: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error (with line and column when parsing).
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Json(#[from] pema_common::JsonError),
     /// A file exists but its contents are not what pema wrote (missing tensor, wrong shape,
     /// unknown format tag, …).
     #[error("{path}: {message}")]

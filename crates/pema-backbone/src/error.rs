@@ -26,14 +26,8 @@ pub enum BackboneError {
         message: String,
     },
     /// A JSON file (config, head metadata) could not be parsed.
-    #[error("JSON file {path}: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Json(#[from] pema_common::JsonError),
     /// The model configuration is missing a key or has an invalid value.
     #[error("model config: {0}")]
     Config(String),

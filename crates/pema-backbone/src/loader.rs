@@ -351,13 +351,7 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
     }
     let cfg_path = dir.join("config.json");
     if cfg_path.exists() && tok_path.exists() {
-        let text =
-            std::fs::read_to_string(&cfg_path).map_err(pema_common::FileError::at(&cfg_path))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| BackboneError::Json {
-                path: cfg_path.clone(),
-                source,
-            })?;
+        let json: serde_json::Value = pema_common::read_json(&cfg_path)?;
         let config = ModelConfig::from_hf_json(&json, &name)?;
         let weights = HfWeights::open(dir, config.family)?;
         if weights.files.is_empty() {

@@ -5,6 +5,8 @@
 //! - [`write_atomic`] / [`sync_dir`]: the one artifact writer (a synced temporary file renamed
 //!   over the target, then the directory synced), so a crash leaves the old file or the new
 //!   one, never a torn one;
+//! - [`read_json`] / [`write_json_pretty`] / [`write_json_line`]: JSON files (artifact metadata,
+//!   run summaries, configs) through the same writer, with [`JsonError`] naming the file;
 //! - [`hex`]: lower-case hex of digests and fingerprints;
 //! - [`SplitMix64`] and [`mix`]: the seeded generator behind every shuffle, split and derived
 //!   seed (fully specified, so runs are reproducible across platforms and versions).
@@ -66,6 +68,57 @@ pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
         d.sync_all().map_err(FileError::at(dir))?;
     }
     Ok(())
+}
+
+/// Reading, parsing or serialising a JSON file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// The file could not be read or written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The file is not valid JSON for the expected type (or the value could not be
+    /// serialised).
+    #[error("JSON file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error (with line and column when parsing).
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl JsonError {
+    fn parse(path: &Path) -> impl FnOnce(serde_json::Error) -> Self + '_ {
+        move |source| Self::Parse {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Reads and parses the JSON file at `path`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, JsonError> {
+    let text = fs::read_to_string(path).map_err(FileError::at(path))?;
+    serde_json::from_str(&text).map_err(JsonError::parse(path))
+}
+
+/// Writes `value` as pretty JSON with a final newline, atomically ([`write_atomic`]).
+pub fn write_json_pretty<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> Result<(), JsonError> {
+    let text = serde_json::to_string_pretty(value).map_err(JsonError::parse(path))?;
+    Ok(write_atomic(path, (text + "\n").as_bytes())?)
+}
+
+/// Writes `value` as one compact JSON line, atomically ([`write_atomic`]).
+pub fn write_json_line<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> Result<(), JsonError> {
+    let text = serde_json::to_string(value).map_err(JsonError::parse(path))?;
+    Ok(write_atomic(path, (text + "\n").as_bytes())?)
 }
 
 /// Lower-case hex of a byte string.
@@ -149,6 +202,22 @@ mod tests {
         write_atomic(&p, b"new").expect("rewrite");
         assert_eq!(fs::read(&p).expect("read"), b"new");
         assert!(!dir.path().join("a.json.tmp").exists());
+    }
+
+    #[test]
+    fn json_round_trips_and_names_a_broken_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("v.json");
+        write_json_pretty(&p, &vec![1u32, 2, 3]).expect("write");
+        assert_eq!(read_json::<Vec<u32>>(&p).expect("read"), [1, 2, 3]);
+        write_json_line(&p, "x").expect("write line");
+        assert_eq!(fs::read_to_string(&p).expect("text"), "\"x\"\n");
+        fs::write(&p, "{").expect("corrupt");
+        let e = read_json::<Vec<u32>>(&p).expect_err("broken");
+        assert!(matches!(e, JsonError::Parse { .. }), "{e}");
+        assert!(e.to_string().contains("v.json"), "{e}");
+        let missing = read_json::<u32>(&dir.path().join("none.json")).expect_err("missing");
+        assert!(matches!(missing, JsonError::File(_)), "{missing}");
     }
 
     #[test]

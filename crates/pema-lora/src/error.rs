@@ -9,14 +9,8 @@ pub enum LoraError {
     #[error(transparent)]
     Io(#[from] pema_common::FileError),
     /// A JSON file could not be read or written.
-    #[error("JSON file {path}: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Json(#[from] pema_common::JsonError),
     /// A file exists but its contents are not what pema wrote.
     #[error("{path}: {message}")]
     Format {

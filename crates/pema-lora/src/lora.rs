@@ -234,11 +234,7 @@ impl<B: Backend> Lora<B> {
         st_meta.insert("weights_sha256".to_string(), meta.weights_sha256.clone());
         st::write_f32(&dir.join(WEIGHTS_FILE), &tensors, st_meta)?;
         let path = dir.join(META_FILE);
-        let json = serde_json::to_string_pretty(meta).map_err(|source| LoraError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(pema_common::write_atomic(&path, json.as_bytes())?)
+        Ok(pema_common::write_json_pretty(&path, meta)?)
     }
 
     /// Reads a LoRA directory written by [`Lora::save`].
@@ -315,11 +311,7 @@ fn check_model(dir: &Path, meta: &LoraMeta, weights_sha256: &str) -> Result<()> 
 /// Reads and checks `lora.json` of a LoRA directory.
 pub fn read_meta(dir: &Path) -> Result<LoraMeta> {
     let path: PathBuf = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&path).map_err(pema_common::FileError::at(&path))?;
-    let meta: LoraMeta = serde_json::from_str(&text).map_err(|source| LoraError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let meta: LoraMeta = pema_common::read_json(&path)?;
     if meta.format != LORA_FORMAT {
         return Err(LoraError::Format {
             path,
@@ -494,7 +486,7 @@ mod tests {
         std::fs::write(dir.path().join(META_FILE), "{").expect("write");
         assert!(matches!(
             Lora::<B>::load(dir.path(), &dev),
-            Err(LoraError::Json { .. })
+            Err(LoraError::Json(_))
         ));
     }
 

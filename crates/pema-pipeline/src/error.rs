@@ -9,13 +9,8 @@ pub enum PipelineError {
     #[error(transparent)]
     Io(#[from] pema_common::FileError),
     /// A JSON file the pipeline reads is malformed.
-    #[error("{path}: {message}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    #[error(transparent)]
+    Json(#[from] pema_common::JsonError),
     /// The request itself is inconsistent.
     #[error("{0}")]
     Invalid(String),

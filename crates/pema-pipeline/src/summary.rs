@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use pema_adapter::PhaseReport;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
 
@@ -72,31 +72,7 @@ pub struct LoraSummary {
     pub stopped_early: bool,
 }
 
-/// Reads a JSON file into `T`.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
-/// Writes `value` as pretty JSON (with a final newline), atomically.
-pub fn write_json_pretty<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| PipelineError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(pema_common::write_atomic(path, (text + "\n").as_bytes())?)
-}
-
-/// Writes `value` as one JSON line, atomically.
-pub fn write_json_line<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    Ok(pema_common::write_atomic(
-        path,
-        (to_json_line(value)? + "\n").as_bytes(),
-    )?)
-}
+pub use pema_common::{read_json, write_json_line, write_json_pretty};
 
 /// `value` as compact JSON.
 pub fn to_json_line<T: Serialize>(value: &T) -> Result<String> {

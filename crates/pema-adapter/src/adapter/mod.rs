@@ -514,19 +514,11 @@ pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| AdapterError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(pema_common::write_atomic(path, (text + "\n").as_bytes())?)
+    Ok(pema_common::write_json_pretty(path, value)?)
 }
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| AdapterError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(pema_common::read_json(path)?)
 }
 
 #[cfg(test)]

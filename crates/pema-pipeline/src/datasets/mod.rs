@@ -240,11 +240,7 @@ fn prepare(
             )));
         }
     }
-    let json = serde_json::to_string_pretty(&info).map_err(|e| PipelineError::Json {
-        path: split_json.clone(),
-        message: e.to_string(),
-    })?;
-    pema_common::write_atomic(&split_json, (json + "\n").as_bytes())?;
+    pema_common::write_json_pretty(&split_json, &info)?;
     println!(
         "{}: wrote {} (train {}, dev {}, test {})",
         spec.task,
