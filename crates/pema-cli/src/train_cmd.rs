@@ -225,10 +225,6 @@ pub struct TuneLambdaArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     pub device: crate::backend::DeviceArg,
-    /// Start phase 2 from the phase-1 result of another run on the same memories (its output
-    /// directory; every phase-1 setting must match) instead of training phase 1 again.
-    #[arg(long)]
-    pub phase1_from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub head_opts: crate::head_args::HeadArgs,
 }
