@@ -109,28 +109,15 @@ pub(super) fn write_checkpoint<B: AutodiffBackend>(
     let dir = ctx.out.join(CHECKPOINT_DIR);
     let pn = phase.number();
     let weights_name = format!("weights-p{pn}-s{}.safetensors", s.step);
-    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
-    let mut push = |name: String, t: &Tensor<B::InnerBackend, 2>| -> Result<()> {
-        tensors.push((name, host(t)?, t.dims().to_vec()));
-        Ok(())
-    };
-    for (prefix, a) in [("cur", &s.adapter), ("best", &s.best)] {
-        push(format!("{prefix}.a"), &a.a)?;
-        push(format!("{prefix}.b_rct"), &a.b_rct)?;
-        push(format!("{prefix}.b_pd"), &a.b_pd)?;
+    let mut tensors = Vec::new();
+    for (prefix, a) in [("cur.", &s.adapter), ("best.", &s.best)] {
+        tensors.extend(adapter_matrices(prefix, a));
     }
     for (i, m) in s.adam.moments.iter().enumerate() {
-        push(format!("adam.m{i}"), &m.m)?;
-        push(format!("adam.v{i}"), &m.v)?;
+        tensors.push((format!("adam.m{i}"), &m.m));
+        tensors.push((format!("adam.v{i}"), &m.v));
     }
-    let views: Vec<(&str, &[f32], &[usize])> = tensors
-        .iter()
-        .map(|(n, v, sh)| (n.as_str(), v.as_slice(), sh.as_slice()))
-        .collect();
-    let path = dir.join(&weights_name);
-    let tmp = dir.join(format!("{weights_name}.tmp"));
-    pema_backbone::st::write_f32(&tmp, &views, Default::default())?;
-    std::fs::rename(&tmp, &path).map_err(|e| AdapterError::io(&path, e))?;
+    write_matrices(&dir.join(&weights_name), &tensors)?;
     let state = CheckpointState {
         format: CHECKPOINT_FORMAT.into(),
         phase: pn,
@@ -171,29 +158,12 @@ pub(super) fn load_start<AD: AutodiffBackend>(
 ) -> Result<PhaseStart<AD::InnerBackend>> {
     type B<AD> = <AD as AutodiffBackend>::InnerBackend;
     let path = ctx.out.join(CHECKPOINT_DIR).join(&st.weights);
-    let file = pema_backbone::st::StFile::open(&path)?;
+    let file = Matrices::open(&path)?;
     let device = ctx.device;
-    let get = |name: &str| -> Result<Tensor<B<AD>, 2>> {
-        let (v, s) = file.tensor_f32(name)?;
-        if s.len() != 2 {
-            return Err(AdapterError::Format {
-                path: path.clone(),
-                message: format!("tensor `{name}` is not 2-D"),
-            });
-        }
-        Ok(Tensor::from_data(TensorData::new(v, [s[0], s[1]]), device))
-    };
-    let adapter_of = |prefix: &str| -> Result<PemaAdapter<B<AD>>> {
-        Ok(PemaAdapter {
-            config: acfg,
-            a: get(&format!("{prefix}.a"))?,
-            b_rct: get(&format!("{prefix}.b_rct"))?,
-            b_pd: get(&format!("{prefix}.b_pd"))?,
-            key_stats: ctx.key_stats.clone(),
-        })
-    };
-    let adapter = adapter_of("cur")?;
-    let best = adapter_of("best")?;
+    let get = |name: &str| file.get::<B<AD>>(name, device);
+    let adapter_of = |prefix: &str| file.adapter(prefix, acfg, ctx.key_stats.clone(), device);
+    let adapter = adapter_of("cur.")?;
+    let best = adapter_of("best.")?;
     let cfg = ctx.cfg;
     let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon, &[], device);
     adam.t = st.adam_t;
@@ -216,4 +186,77 @@ pub(super) fn load_start<AD: AutodiffBackend>(
         best_step: st.best_step,
         best_metrics: st.best,
     })
+}
+
+/// The adapter's three matrices named `{prefix}a`, `{prefix}b_rct`, `{prefix}b_pd`.
+pub(super) fn adapter_matrices<'a, B: Backend>(
+    prefix: &str,
+    a: &'a PemaAdapter<B>,
+) -> [(String, &'a Tensor<B, 2>); 3] {
+    [
+        (format!("{prefix}a"), &a.a),
+        (format!("{prefix}b_rct"), &a.b_rct),
+        (format!("{prefix}b_pd"), &a.b_pd),
+    ]
+}
+
+/// Writes named 2-D tensors to a safetensors file (atomically, through `st::write_f32`).
+pub(super) fn write_matrices<B: Backend>(
+    path: &Path,
+    tensors: &[(String, &Tensor<B, 2>)],
+) -> Result<()> {
+    let host_tensors: Vec<(&str, Vec<f32>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.as_str(), host(t)?, t.dims().to_vec())))
+        .collect::<Result<_>>()?;
+    let views: Vec<(&str, &[f32], &[usize])> = host_tensors
+        .iter()
+        .map(|(n, v, s)| (*n, v.as_slice(), s.as_slice()))
+        .collect();
+    pema_backbone::st::write_f32(path, &views, Default::default())?;
+    Ok(())
+}
+
+/// A safetensors file of 2-D tensors written by [`write_matrices`].
+pub(super) struct Matrices {
+    file: pema_backbone::st::StFile,
+    path: PathBuf,
+}
+
+impl Matrices {
+    pub(super) fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            file: pema_backbone::st::StFile::open(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The tensor `name`, which must be 2-D.
+    pub(super) fn get<B: Backend>(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 2>> {
+        let (v, s) = self.file.tensor_f32(name)?;
+        if s.len() != 2 {
+            return Err(AdapterError::Format {
+                path: self.path.clone(),
+                message: format!("tensor `{name}` is not 2-D"),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(v, [s[0], s[1]]), device))
+    }
+
+    /// The adapter written by [`adapter_matrices`] under `prefix`, with `key_stats`.
+    pub(super) fn adapter<B: Backend>(
+        &self,
+        prefix: &str,
+        config: AdapterConfig,
+        key_stats: Option<KeyStats<B>>,
+        device: &B::Device,
+    ) -> Result<PemaAdapter<B>> {
+        Ok(PemaAdapter {
+            config,
+            a: self.get(&format!("{prefix}a"), device)?,
+            b_rct: self.get(&format!("{prefix}b_rct"), device)?,
+            b_pd: self.get(&format!("{prefix}b_pd"), device)?,
+            key_stats,
+        })
+    }
 }

@@ -214,9 +214,13 @@ pub fn train<B: AutodiffBackend>(
         steps_this_run: 0,
     };
 
-    // Phase 1 (unless the checkpoint is already in phase 2).
-    let (phase1_report, phase1_best, phase2_start) = match resumed {
-        Some(st) if st.phase == 2 => {
+    // Phase 1 (unless the checkpoint is already in phase 2, or phase 1 is shared).
+    let shared_from = cfg
+        .phase1_from
+        .as_deref()
+        .filter(|_| cfg.plan != PhasePlan::Joint);
+    let (phase1_report, phase1_best, phase2_start) = match (resumed, shared_from) {
+        (Some(st), _) if st.phase == 2 => {
             let report = st
                 .phase1
                 .clone()
@@ -227,22 +231,21 @@ pub fn train<B: AutodiffBackend>(
             let start = load_start::<B>(&ctx, &st, Phase::Prediction, acfg)?;
             (report, None, Some(start))
         }
-        None if cfg.plan != PhasePlan::Joint && cfg.phase1_from.is_some() => {
-            let dir = cfg.phase1_from.as_deref().unwrap_or(out);
+        (None, Some(dir)) => {
             let (report, best) = shared::load_phase1(&ctx, dir, acfg)?;
             ctx.log.write(&serde_json::json!({
                 "event": "phase1_shared", "from": dir.display().to_string()
             }))?;
             (report, Some(best), None)
         }
-        None if cfg.plan == PhasePlan::Joint => {
+        (None, None) if cfg.plan == PhasePlan::Joint => {
             // Ablation: no phase 1; phase 2 starts from a fresh adapter (B_rct = 0, trained).
             let fresh =
                 PemaAdapter::new(acfg, mix(cfg.seed, 2), device)?.with_key_stats(key_stats.clone());
             let start = fresh_start(fresh, Phase::Prediction, cfg, device);
             (PhaseReport::skipped(1), None, Some(start))
         }
-        other => {
+        (other, _) => {
             let start = match other {
                 Some(st) => load_start::<B>(&ctx, &st, Phase::Reconstruction, acfg)?,
                 None => {

@@ -6,6 +6,7 @@
 //! so the shared result is bit-identical to the one the run would compute itself. Every setting
 //! phase 1 reads must match (checked, with a typed error naming the first difference).
 
+use super::checkpoint::{Matrices, adapter_matrices, write_matrices};
 use super::*;
 
 /// Name of the phase-1 weights inside an output directory.
@@ -31,16 +32,7 @@ pub(super) fn save_phase1<B: AutodiffBackend>(
     best: &PemaAdapter<B::InnerBackend>,
     report: &PhaseReport,
 ) -> Result<()> {
-    let tensors = [("a", &best.a), ("b_rct", &best.b_rct), ("b_pd", &best.b_pd)];
-    let host_tensors: Vec<(&str, Vec<f32>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((*n, host(t)?, t.dims().to_vec())))
-        .collect::<Result<_>>()?;
-    let views: Vec<(&str, &[f32], &[usize])> = host_tensors
-        .iter()
-        .map(|(n, v, s)| (*n, v.as_slice(), s.as_slice()))
-        .collect();
-    pema_backbone::st::write_f32(&ctx.out.join(PHASE1_WEIGHTS), &views, Default::default())?;
+    write_matrices(&ctx.out.join(PHASE1_WEIGHTS), &adapter_matrices("", best))?;
     write_json(
         &ctx.out.join(PHASE1_STATE),
         &Phase1State {
@@ -100,27 +92,7 @@ pub(super) fn load_phase1<B: AutodiffBackend>(
         return Err(bad(format!("phase 1 was trained with another {what}")));
     }
     let path = dir.join(PHASE1_WEIGHTS);
-    let file = pema_backbone::st::StFile::open(&path)?;
-    let get = |name: &str| -> Result<Tensor<B::InnerBackend, 2>> {
-        let (v, s) = file.tensor_f32(name)?;
-        if s.len() != 2 {
-            return Err(AdapterError::Format {
-                path: path.clone(),
-                message: format!("tensor `{name}` is not 2-D"),
-            });
-        }
-        Ok(Tensor::from_data(
-            TensorData::new(v, [s[0], s[1]]),
-            ctx.device,
-        ))
-    };
-    let best = PemaAdapter {
-        config: acfg,
-        a: get("a")?,
-        b_rct: get("b_rct")?,
-        b_pd: get("b_pd")?,
-        key_stats: ctx.key_stats.clone(),
-    };
+    let best = Matrices::open(&path)?.adapter("", acfg, ctx.key_stats.clone(), ctx.device)?;
     let (d, r) = (acfg.d, acfg.rank);
     if best.a.dims() != [d, r] || best.b_rct.dims() != [r, d] || best.b_pd.dims() != [r, d] {
         return Err(AdapterError::Format {
