@@ -24,11 +24,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pema_adapter::{
-    Adam, AdapterConfig, CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision, PemaAdapter,
-    Phase, PhasePlan, train_step,
+    AdamOptimizer, AdapterConfig, CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision,
+    PemaAdapter, Phase, PhasePlan, TorchAdam, train_step,
 };
 use pema_backbone::LmHead;
 
@@ -82,7 +83,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 struct Setup {
     head: FusedHead<AD>,
     adapter: PemaAdapter<B>,
-    adam: Adam<B>,
+    adam: AdamOptimizer<PemaAdapter<AD>, AD>,
     keys: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 }
@@ -127,18 +128,16 @@ fn setup(s: &Shape, variant: &str) -> Setup {
         form: Default::default(),
     };
     let mut adapter = PemaAdapter::<B>::new(cfg, 0, &dev).expect("adapter");
-    adapter.b_rct = Tensor::from_data(
+    adapter.b_rct = Param::from_tensor(Tensor::from_data(
         TensorData::new(values(s.rank * s.d, 2), [s.rank, s.d]),
         &dev,
-    );
-    let adam = Adam::new(
-        1e-3,
-        0.9,
-        0.999,
-        1e-8,
-        &[[s.d, s.rank], [s.rank, s.d]],
-        &dev,
-    );
+    ));
+    let adam = TorchAdam {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-8,
+    }
+    .into();
     let keys = Tensor::from_data(
         TensorData::new(values(s.batch * s.d, 3), [s.batch, s.d]),
         &dev,
@@ -160,6 +159,7 @@ fn step(st: &mut Setup) -> f32 {
     let out = train_step::<AD>(
         &st.adapter,
         &mut st.adam,
+        1e-3,
         &st.head,
         st.keys.clone(),
         st.targets.clone(),

@@ -41,7 +41,7 @@ impl<'a, B: Backend> PemaLogits<'a, B> {
         let fits = v * r * 4 <= head.config.low_rank_max_bytes;
         let paper = adapter.config.form == HpdForm::Paper;
         let mt = (paper && fits && r < d).then(|| {
-            let bw = adapter.b_pd.clone() * head.norm_weight().unsqueeze::<2>();
+            let bw = adapter.b_pd.val() * head.norm_weight().unsqueeze::<2>();
             head.low_rank_matrix(bw)
         });
         Ok(Self { adapter, head, mt })
@@ -58,7 +58,7 @@ impl<'a, B: Backend> PemaLogits<'a, B> {
         match &self.mt {
             Some(mt) => {
                 let z = self.adapter.bottleneck(f, false);
-                let h = z.clone().matmul(self.adapter.b_pd.clone());
+                let h = z.clone().matmul(self.adapter.b_pd.val());
                 self.head.low_rank_logits(z * self.head.inverse_rms(h), mt)
             }
             None => self.head.logits(self.adapter.h_pd(f)),
@@ -70,7 +70,7 @@ impl<'a, B: Backend> PemaLogits<'a, B> {
     pub fn gold_log_probs(&self, f: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> RowCe<B> {
         if let Some(mt) = &self.mt {
             let z = self.adapter.bottleneck(f, false);
-            let h = z.clone().matmul(self.adapter.b_pd.clone());
+            let h = z.clone().matmul(self.adapter.b_pd.val());
             let rows = self.head.low_rank_rows(z * self.head.inverse_rms(h), mt, y);
             return RowCe {
                 nll: rows.nll.neg(),
@@ -101,6 +101,7 @@ mod tests {
     use super::*;
     use crate::{AdapterConfig, CePath, HeadCeConfig};
     use burn::backend::NdArray;
+    use burn::module::Param;
     use burn::tensor::TensorData;
     use pema_backbone::LmHead;
 
@@ -143,7 +144,10 @@ mod tests {
             form: Default::default(),
         };
         let mut ad = PemaAdapter::<B>::new(acfg, 5, &dev).expect("adapter");
-        ad.b_pd = Tensor::from_data(TensorData::new(pseudo(r * d, 0.9), [r, d]), &dev);
+        ad.b_pd = Param::from_tensor(Tensor::from_data(
+            TensorData::new(pseudo(r * d, 0.9), [r, d]),
+            &dev,
+        ));
         let f = Tensor::<B, 2>::from_data(TensorData::new(pseudo(n * d, 0.4), [n, d]), &dev);
         let low = PemaLogits::new(&ad, &head).expect("low");
         let dense = PemaLogits::new(&ad, &small).expect("dense");

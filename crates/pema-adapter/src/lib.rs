@@ -6,8 +6,10 @@
 //! (f(c_t), y_t) pairs in two phases ([`train`]): an autoencoder on L_rct, then a fresh
 //! (A, B_pd) with frozen B_rct on L = κ·L_rct + (1−κ)·L_pd.
 //!
-//! Everything is generic over burn's `B: Backend` (training over `B: AutodiffBackend`); only
-//! A, B_rct and B_pd ever receive gradients — the head is used as constant tensors.
+//! Everything is generic over burn's `B: Backend` (training over `B: AutodiffBackend`). The
+//! adapter is a burn `Module` whose parameters are A, B_rct and B_pd; a phase trains the ones
+//! whose `require_grad` it sets, with PyTorch's Adam ([`TorchAdam`]) through burn's optimiser
+//! adaptor. The head is used as constant tensors and never receives a gradient.
 //!
 //! The artifact is a directory with `adapter.safetensors` (A `[r, d]`, B_rct `[d, r]`,
 //! B_pd `[d, r]`, the paper's layout) and `adapter.json` ([`AdapterMeta`]: r, scale, dropout,
@@ -22,7 +24,7 @@ pub mod head_ce;
 pub mod inference;
 pub mod train;
 
-pub use adam::Adam;
+pub use adam::{AdamOptimizer, AdamState, TorchAdam};
 pub use adapter::{ADAPTER_FORMAT, AdapterMeta, KeyStats, Losses, PemaAdapter, Phase};
 pub use config::{AdapterConfig, HpdForm, KeyNorm, PhaseConfig, PhasePlan, TrainConfig};
 pub use error::{AdapterError, Result};
@@ -32,5 +34,5 @@ pub use head_ce::{
 pub use inference::PemaLogits;
 pub use train::{
     DevMetrics, PHASE1_STATE, PHASE1_WEIGHTS, PhaseReport, TrainReport, key_stats_host,
-    key_stats_of, record_validation, train, train_step,
+    key_stats_of, record_validation, train, train_step, trainable,
 };

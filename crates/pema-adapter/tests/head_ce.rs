@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
+use burn::module::Param;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use pema_adapter::{CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision};
@@ -395,9 +396,12 @@ fn adapter_gradients_agree_across_kernels() {
         })
         .lift::<AD>();
         let mut ad = PemaAdapter::<AD>::new(cfg, 3, &dev).expect("adapter");
-        ad.b_pd = Tensor::from_data(TensorData::new(pseudo(r * d, 0.8), [r, d]), &dev);
-        ad.a = ad.a.require_grad();
-        ad.b_pd = ad.b_pd.require_grad();
+        ad.b_pd = Param::from_tensor(Tensor::from_data(
+            TensorData::new(pseudo(r * d, 0.8), [r, d]),
+            &dev,
+        ));
+        ad.a = ad.a.set_require_grad(true);
+        ad.b_pd = ad.b_pd.set_require_grad(true);
         let l = ad.losses(&fh, f.clone(), y.clone(), Phase::Prediction, false);
         let grads = l.total.backward();
         let ga =

@@ -263,7 +263,7 @@ fn ablation_plans_run_what_they_say() {
             let f =
                 Tensor::<B, 2>::from_data(TensorData::new(test_mem.keys.clone(), [1000, D]), &dev);
             let x = ad.standardize(f.clone());
-            let rct = (ad.bottleneck(f, false).matmul(ad.b_rct.clone()) - x)
+            let rct = (ad.bottleneck(f, false).matmul(ad.b_rct.val()) - x)
                 .powi_scalar(2)
                 .mean()
                 .into_scalar();

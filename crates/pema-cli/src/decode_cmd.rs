@@ -149,7 +149,7 @@ pub fn run<B: Backend>(
     // A LoRA-merged model has weights the GGUF does not: no packed weights then.
     let packed_dir = args.lora.is_none().then_some(args.input.model.as_path());
     let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
-    let (engine, info) = pema_pipeline::engine(
+    let (engine, _) = crate::serve_args::engine(
         &m.model,
         packed_dir,
         &m.tokenizer,
@@ -157,9 +157,6 @@ pub fn run<B: Backend>(
         &args.serve.options(args.batch_size, on_cpu),
         CpuWeights::Packed,
     )?;
-    if let Some(p) = &info.packed {
-        eprintln!("packed weights: {p}");
-    }
     let method = match (&adapter, &knn_index, &knn_keys, &args.knn_params) {
         (Some((a, _)), ..) => DecodeMethod::Pema {
             logits: PemaLogits::new(a, &head)?,

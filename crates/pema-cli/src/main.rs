@@ -226,7 +226,7 @@ impl BackendTask for MemoryBuild<'_> {
             state: pema_memory::KeyState::pre_final_norm(m.model.config.n_layers - 1),
         };
         let template = pema_memory::PromptTemplate::resolve(&self.0.input.template)?;
-        let (engine, served) = pema_pipeline::engine(
+        let (engine, _) = serve_args::engine(
             &m.model,
             Some(self.0.input.model.as_path()),
             &m.tokenizer,
@@ -234,9 +234,6 @@ impl BackendTask for MemoryBuild<'_> {
             &self.0.serve.options(self.0.batch_size, true),
             pema_pipeline::CpuWeights::F32,
         )?;
-        if let Some(p) = &served.packed {
-            eprintln!("packed weights: {p}");
-        }
         memory_cmd::build::<B::InnerBackend, _, _>(self.0, &engine, &m.tokenizer, &info)?;
         Ok(())
     }

@@ -24,3 +24,20 @@ impl WeightsArg {
         }
     }
 }
+
+/// [`pema_pipeline::engine`], telling stderr which packed weights it multiplies with.
+pub fn engine<'m, B: burn::tensor::backend::Backend>(
+    model: &'m pema_backbone::model::Transformer<B>,
+    model_dir: Option<&std::path::Path>,
+    tok: &pema_backbone::PemaTokenizer,
+    template: &pema_memory::PromptTemplate,
+    serve: &pema_pipeline::ServeOptions,
+    default_weights: pema_pipeline::CpuWeights,
+) -> pema_pipeline::Result<(pema_backbone::Engine<'m, B>, pema_pipeline::EngineInfo)> {
+    let (engine, info) =
+        pema_pipeline::engine(model, model_dir, tok, template, serve, default_weights)?;
+    if let Some(p) = &info.packed {
+        eprintln!("packed weights: {p}");
+    }
+    Ok((engine, info))
+}

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use pema_backbone::head::LmHead;
@@ -64,19 +65,23 @@ pub struct LoraMeta {
     pub report: Option<LoraReport>,
 }
 
-/// LoRA weights `A_i` `[in, r]` and `B_i` `[r, out]` for each slot.
-#[derive(Debug, Clone)]
+/// LoRA weights `A_i` `[in, r]` and `B_i` `[r, out]` for each slot: a burn module whose
+/// parameters are the `A_i` and `B_i`.
+#[derive(Module, Debug)]
 pub struct Lora<B: Backend> {
     /// Rank r.
+    #[module(skip)]
     pub rank: usize,
     /// Scaling numerator α (scale α/r).
+    #[module(skip)]
     pub alpha: f64,
     /// Adapted layers.
+    #[module(skip)]
     pub slots: Vec<LoraSlot>,
     /// `A_i`, `[in, r]`.
-    pub a: Vec<Tensor<B, 2>>,
+    pub a: Vec<Param<Tensor<B, 2>>>,
     /// `B_i`, `[r, out]`.
-    pub b: Vec<Tensor<B, 2>>,
+    pub b: Vec<Param<Tensor<B, 2>>>,
 }
 
 /// The linear layer of `block` that `target` names.
@@ -120,8 +125,11 @@ impl<B: Backend> Lora<B> {
             for &target in &targets {
                 let [inp, out] = linear(block, target).weight_t.dims();
                 let av = pema_adapter::adapter::kaiming_uniform_a_sqrt5(inp, r, &mut rng);
-                a.push(Tensor::from_data(TensorData::new(av, [inp, r]), &device));
-                b.push(Tensor::zeros([r, out], &device));
+                a.push(Param::from_tensor(Tensor::from_data(
+                    TensorData::new(av, [inp, r]),
+                    &device,
+                )));
+                b.push(Param::from_tensor(Tensor::zeros([r, out], &device)));
                 slots.push(LoraSlot { layer, target });
             }
         }
@@ -179,10 +187,19 @@ impl<B: Backend> Lora<B> {
                     self.rank
                 )));
             }
-            let delta = a.clone().matmul(b.clone()).mul_scalar(scale);
+            let delta = a.val().matmul(b.val()).mul_scalar(scale);
             lin.weight_t = lin.weight_t.clone() + delta;
         }
         Ok(())
+    }
+
+    /// The same weights with every `A_i` and `B_i` requiring a gradient (on an autodiff
+    /// backend: the trainable form).
+    pub fn tracked(mut self) -> Self {
+        let track = |p: Param<Tensor<B, 2>>| p.set_require_grad(true);
+        self.a = self.a.into_iter().map(track).collect();
+        self.b = self.b.into_iter().map(track).collect();
+        self
     }
 
     /// The parameters as one list `[A_0, B_0, A_1, B_1, …]` (the optimiser's order).
@@ -190,14 +207,15 @@ impl<B: Backend> Lora<B> {
         self.a
             .iter()
             .zip(&self.b)
-            .flat_map(|(a, b)| [a.clone(), b.clone()])
+            .flat_map(|(a, b)| [a.val(), b.val()])
             .collect()
     }
 
-    /// The same slots with parameters from a list in [`Lora::params`] order.
+    /// The same slots with parameters (fresh ids) from a list in [`Lora::params`] order.
     pub fn with_params<B2: Backend>(&self, params: Vec<Tensor<B2, 2>>) -> Lora<B2> {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for (i, p) in params.into_iter().enumerate() {
+            let p = Param::from_tensor(p);
             if i % 2 == 0 { a.push(p) } else { b.push(p) }
         }
         Lora {
@@ -267,10 +285,10 @@ impl<B: Backend> Lora<B> {
                         message: format!("tensor `{name}` has shape {shape:?} for rank {r}"),
                     });
                 }
-                out.push(Tensor::from_data(
+                out.push(Param::from_tensor(Tensor::from_data(
                     TensorData::new(v, [shape[0], shape[1]]),
                     device,
-                ));
+                )));
             }
         }
         Ok((
@@ -431,7 +449,7 @@ mod tests {
         assert_eq!(hidden(&m), hidden(&merged));
         // A non-zero B changes the model.
         let mut l2 = lora.clone();
-        l2.b[0] = l2.b[0].clone().add_scalar(0.5);
+        l2.b[0] = Param::from_tensor(l2.b[0].val().add_scalar(0.5));
         assert_ne!(hidden(&m), hidden(&merge(&m, &l2).expect("merge")));
     }
 
@@ -442,10 +460,10 @@ mod tests {
         let mut lora = Lora::init(&m, &cfg("q,v,down")).expect("init");
         for b in &mut lora.b {
             let n = b.dims();
-            *b = Tensor::from_data(
+            *b = Param::from_tensor(Tensor::from_data(
                 TensorData::new(pema_backbone::testing::pseudo_random(9, n[0] * n[1]), n),
                 &dev,
-            );
+            ));
         }
         let meta = LoraMeta {
             format: LORA_FORMAT.into(),

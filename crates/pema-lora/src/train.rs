@@ -2,9 +2,11 @@
 
 use std::time::Instant;
 
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData, activation};
-use pema_adapter::Adam;
+use pema_adapter::{AdamOptimizer, TorchAdam};
 use pema_backbone::generate::left_pad;
 use pema_backbone::model::Transformer;
 use rand::SeedableRng;
@@ -95,20 +97,16 @@ pub fn mean_nll<B: Backend>(
 }
 
 /// One optimiser step on `batch`: the frozen model lifted to the autodiff backend with
-/// `Wᵀ + A·B·α/r` in the adapted layers, mean target-token NLL, backward, Adam. Returns the
-/// updated weights and the batch loss.
+/// `Wᵀ + A·B·α/r` in the adapted layers, mean target-token NLL, backward, Adam at learning
+/// rate `lr`. Returns the updated weights and the batch loss.
 pub fn train_step<B: AutodiffBackend>(
     base: &Transformer<B>,
     lora: &Lora<B::InnerBackend>,
-    adam: &mut Adam<B::InnerBackend>,
+    optim: &mut AdamOptimizer<Lora<B>, B>,
+    lr: f64,
     batch: &[&Example],
 ) -> Result<(Lora<B::InnerBackend>, f64)> {
-    let tracked: Vec<Tensor<B, 2>> = lora
-        .params()
-        .into_iter()
-        .map(|p| Tensor::<B, 2>::from_inner(p).require_grad())
-        .collect();
-    let ad = lora.with_params(tracked.clone());
+    let ad = Lora::<B>::from_inner(lora.clone()).tracked();
     let mut model = base.clone();
     ad.apply_to(&mut model)?;
     let (sum, n) = batch_nll(&model, batch)?;
@@ -119,16 +117,23 @@ pub fn train_step<B: AutodiffBackend>(
             "training loss became {value}: lower the learning rate"
         )));
     }
-    let grads = loss.backward();
-    let mut g = Vec::with_capacity(tracked.len());
-    for p in &tracked {
-        g.push(
-            p.grad(&grads)
-                .ok_or_else(|| LoraError::Config("a LoRA parameter received no gradient".into()))?,
-        );
+    let grads = GradientsParams::from_grads(loss.backward(), &ad);
+    if grads.len() != 2 * ad.slots.len() {
+        return Err(LoraError::Config(
+            "a LoRA parameter received no gradient".into(),
+        ));
     }
-    let updated = adam.step(lora.params(), g);
-    Ok((lora.with_params(updated), value))
+    Ok((optim.step(lr, ad, grads).valid(), value))
+}
+
+/// PyTorch's Adam (β 0.9, 0.999) with the run's ε, over every `A_i` and `B_i`.
+pub fn adam_for<B: AutodiffBackend>(cfg: &LoraConfig) -> AdamOptimizer<Lora<B>, B> {
+    TorchAdam {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: cfg.epsilon,
+    }
+    .into()
 }
 
 /// Trains LoRA weights for `model` (on the inner backend of `B`) on `train` pairs, with early
@@ -148,10 +153,8 @@ pub fn train<B: AutodiffBackend>(
         ex.validate()?;
     }
     let clock = Instant::now();
-    let device = model.device();
     let mut lora = Lora::init(model, cfg)?;
-    let shapes: Vec<[usize; 2]> = lora.params().iter().map(|p| p.dims()).collect();
-    let mut adam = Adam::new(cfg.lr, 0.9, 0.999, cfg.epsilon, &shapes, &device);
+    let mut adam = adam_for::<B>(cfg);
     let base = lift::<B>(model);
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -189,7 +192,7 @@ pub fn train<B: AutodiffBackend>(
                 break 'outer;
             }
             let batch: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
-            let (next, loss) = train_step::<B>(&base, &lora, &mut adam, &batch)?;
+            let (next, loss) = train_step::<B>(&base, &lora, &mut adam, cfg.lr, &batch)?;
             lora = next;
             report.steps += 1;
             report.train_loss.push(loss);

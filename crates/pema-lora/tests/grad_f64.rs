@@ -34,7 +34,10 @@ fn lora_gradients_match_finite_differences() {
                 .into_iter()
                 .map(|x| f64::from(x) * 0.3)
                 .collect();
-            *b = Tensor::from_data(TensorData::new(v, [r, c]), &dev);
+            *b = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(v, [r, c]),
+                &dev,
+            ));
         }
         let examples = vec![
             Example {

@@ -179,6 +179,7 @@ pub fn write_traces_jsonl(path: &Path, traces: &[StepTrace]) -> Result<()> {
 mod tests {
     use super::*;
     use burn::backend::NdArray;
+    use burn::module::Param;
     use burn::tensor::TensorData;
     use pema_adapter::{AdapterConfig, FusedHead, PemaAdapter};
     use pema_backbone::seam::argmax_rows;
@@ -204,7 +205,7 @@ mod tests {
         let bpd: Vec<f32> = (0..r * d)
             .map(|i| ((i as f32) * 1.7).cos() * 50.0)
             .collect();
-        ad.b_pd = Tensor::from_data(TensorData::new(bpd, [r, d]), &dev);
+        ad.b_pd = Param::from_tensor(Tensor::from_data(TensorData::new(bpd, [r, d]), &dev));
         (ad, head)
     }
 

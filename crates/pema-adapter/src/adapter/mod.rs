@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Int, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -59,8 +60,9 @@ impl Phase {
     }
 }
 
-/// Per-dimension key statistics of the training memory: x = (f − μ)/σ.
-#[derive(Debug, Clone)]
+/// Per-dimension key statistics of the training memory: x = (f − μ)/σ. A module of constants:
+/// saved with the adapter, never trained.
+#[derive(Module, Debug)]
 pub struct KeyStats<B: Backend> {
     /// μ, `[1, d]`.
     pub mean: Tensor<B, 2>,
@@ -87,17 +89,19 @@ impl<B: Backend> KeyStats<B> {
     }
 }
 
-/// The adapter's weights on backend `B`.
-#[derive(Debug, Clone)]
+/// The adapter's weights on backend `B`: a burn module whose parameters are A, B_rct and
+/// B_pd (which of them a training phase updates is set by their `require_grad` flags).
+#[derive(Module, Debug)]
 pub struct PemaAdapter<B: Backend> {
     /// Shape and regularisation.
+    #[module(skip)]
     pub config: AdapterConfig,
     /// Aᵀ, `[d, r]` (the paper's A is `[r, d]`).
-    pub a: Tensor<B, 2>,
+    pub a: Param<Tensor<B, 2>>,
     /// B_rctᵀ, `[r, d]`.
-    pub b_rct: Tensor<B, 2>,
+    pub b_rct: Param<Tensor<B, 2>>,
     /// B_pdᵀ, `[r, d]`.
-    pub b_pd: Tensor<B, 2>,
+    pub b_pd: Param<Tensor<B, 2>>,
     /// Key standardisation, when the adapter was trained with it.
     pub key_stats: Option<KeyStats<B>>,
 }
@@ -134,9 +138,9 @@ impl<B: Backend> PemaAdapter<B> {
         let a = kaiming_uniform_a_sqrt5(d, r, &mut rng);
         Ok(Self {
             config,
-            a: Tensor::from_data(TensorData::new(a, [d, r]), device),
-            b_rct: Tensor::zeros([r, d], device),
-            b_pd: Tensor::zeros([r, d], device),
+            a: param(Tensor::from_data(TensorData::new(a, [d, r]), device)),
+            b_rct: param(Tensor::zeros([r, d], device)),
+            b_pd: param(Tensor::zeros([r, d], device)),
             key_stats: None,
         })
     }
@@ -163,9 +167,9 @@ impl<B: Backend> PemaAdapter<B> {
         let a = kaiming_uniform_a_sqrt5(d, r, &mut rng);
         Self {
             config: self.config,
-            a: Tensor::from_data(TensorData::new(a, [d, r]), &device),
+            a: param(Tensor::from_data(TensorData::new(a, [d, r]), &device)),
             b_rct: self.b_rct.clone(),
-            b_pd: Tensor::zeros([r, d], &device),
+            b_pd: param(Tensor::zeros([r, d], &device)),
             key_stats: self.key_stats.clone(),
         }
     }
@@ -192,7 +196,7 @@ impl<B: Backend> PemaAdapter<B> {
         } else {
             f
         };
-        x.matmul(self.a.clone()).mul_scalar(self.config.scale())
+        x.matmul(self.a.val()).mul_scalar(self.config.scale())
     }
 
     /// h_pd without dropout: the representation decoded by the head at inference (B_pd·z,
@@ -204,7 +208,7 @@ impl<B: Backend> PemaAdapter<B> {
 
     /// h_pd from the key `f` and the bottleneck `z` under the adapter's [`HpdForm`].
     pub(crate) fn form_h_pd(&self, f: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 2> {
-        let delta = z.matmul(self.b_pd.clone());
+        let delta = z.matmul(self.b_pd.val());
         match self.config.form {
             HpdForm::Paper => delta,
             HpdForm::Residual => match &self.key_stats {
@@ -239,7 +243,7 @@ impl<B: Backend> PemaAdapter<B> {
         let raw = f.clone();
         let f = self.standardize(f);
         let z = self.project(f.clone(), train);
-        let h_rct = z.clone().matmul(self.b_rct.clone());
+        let h_rct = z.clone().matmul(self.b_rct.val());
         let rct = (h_rct - f).powi_scalar(2).mean();
         if phase == Phase::Reconstruction {
             return Losses {
@@ -250,15 +254,15 @@ impl<B: Backend> PemaAdapter<B> {
             };
         }
         let n = y.dims()[0];
-        let grad = self.a.is_require_grad() || self.b_pd.is_require_grad();
+        let grad = self.a.val().is_require_grad() || self.b_pd.val().is_require_grad();
         // The low-rank form exists for the paper's h_pd = B_pd·z only.
         let rank = (self.config.form == HpdForm::Paper).then_some(self.config.rank);
         let (nll, top1, surrogate) = match head.choose_path(n, rank, grad) {
             CePath::LowRank => {
-                let h_pd = z.clone().matmul(self.b_pd.clone());
+                let h_pd = z.clone().matmul(self.b_pd.val());
                 // ℓ_i = ρ_i · z_i · (B_pd ⊙ w) · W_hdᵀ.
                 let q = z * head.inverse_rms(h_pd);
-                let bw = self.b_pd.clone() * head.norm_weight().unsqueeze::<2>();
+                let bw = self.b_pd.val() * head.norm_weight().unsqueeze::<2>();
                 let out =
                     head.cross_entropy_low_rank(q.clone().detach(), bw.clone().detach(), y, grad);
                 let s = match (out.d_q, out.d_bw) {
@@ -293,9 +297,9 @@ impl<B: Backend> PemaAdapter<B> {
     pub fn to_backend<B2: Backend>(&self, device: &B2::Device) -> PemaAdapter<B2> {
         PemaAdapter {
             config: self.config,
-            a: Tensor::from_data(self.a.to_data(), device),
-            b_rct: Tensor::from_data(self.b_rct.to_data(), device),
-            b_pd: Tensor::from_data(self.b_pd.to_data(), device),
+            a: param(Tensor::from_data(self.a.to_data(), device)),
+            b_rct: param(Tensor::from_data(self.b_rct.to_data(), device)),
+            b_pd: param(Tensor::from_data(self.b_pd.to_data(), device)),
             key_stats: self.key_stats.as_ref().map(|s| s.to_backend(device)),
         }
     }
@@ -322,9 +326,18 @@ impl<B: Backend> PemaAdapter<B> {
         let (d, r) = (config.d, config.rank);
         Self {
             config,
-            a: Tensor::from_data(TensorData::new(transpose(a, r, d), [d, r]), device),
-            b_rct: Tensor::from_data(TensorData::new(transpose(b_rct, d, r), [r, d]), device),
-            b_pd: Tensor::from_data(TensorData::new(transpose(b_pd, d, r), [r, d]), device),
+            a: param(Tensor::from_data(
+                TensorData::new(transpose(a, r, d), [d, r]),
+                device,
+            )),
+            b_rct: param(Tensor::from_data(
+                TensorData::new(transpose(b_rct, d, r), [r, d]),
+                device,
+            )),
+            b_pd: param(Tensor::from_data(
+                TensorData::new(transpose(b_pd, d, r), [r, d]),
+                device,
+            )),
             key_stats: None,
         }
     }
@@ -492,6 +505,12 @@ impl AdapterMeta {
             form: self.form,
         }
     }
+}
+
+/// A parameter with a fresh id holding `t` (on an autodiff backend it requires a gradient
+/// until a training phase says otherwise).
+pub fn param<B: Backend>(t: Tensor<B, 2>) -> Param<Tensor<B, 2>> {
+    Param::from_tensor(t)
 }
 
 /// Host f32 copy of a tensor (row-major).

@@ -4,6 +4,7 @@
 //! process, so mixing f32 and f64 NdArray tests in one binary races.
 use super::*;
 use burn::backend::{Autodiff, NdArray};
+use burn::module::Param;
 use pema_backbone::LmHead;
 
 type F = NdArray<f64>;
@@ -90,9 +91,9 @@ fn gradients_match_finite_differences_on(path: CePath, form: HpdForm) {
             ad = ad.with_key_stats(Some(KeyStats::from_host(mean, std, &dev)));
         }
         if grad {
-            ad.a = ad.a.require_grad();
-            ad.b_rct = ad.b_rct.require_grad();
-            ad.b_pd = ad.b_pd.require_grad();
+            ad.a = ad.a.set_require_grad(true);
+            ad.b_rct = ad.b_rct.set_require_grad(true);
+            ad.b_pd = ad.b_pd.set_require_grad(true);
         }
         let ft = Tensor::<AD, 2>::from_data(TensorData::new(f.clone(), [n, d]), &dev);
         let yt = Tensor::<AD, 1, Int>::from_data(TensorData::new(y.clone(), [n]), &dev);
@@ -192,7 +193,7 @@ fn dropout_only_in_training_and_inverted() {
     };
     let mut ad = PemaAdapter::<NdArray<f64>>::new(cfg, 1, &dev).expect("adapter");
     // A = identity: z = s·dropout(f) element by element.
-    ad.a = Tensor::eye(n, &dev);
+    ad.a = Param::from_tensor(Tensor::eye(n, &dev));
     let f = Tensor::<NdArray<f64>, 2>::ones([1, n], &dev);
     let s = 1.0 / n as f32;
     let eval = host(&ad.bottleneck(f.clone(), false)).expect("z");
@@ -254,7 +255,10 @@ fn artifact_round_trips_and_refuses_another_head() {
         form: Default::default(),
     };
     let mut ad = PemaAdapter::<B>::new(cfg, 3, &dev).expect("adapter");
-    ad.b_pd = Tensor::from_data(TensorData::new(pseudo(4 * d, 0.5), [4, d]), &dev);
+    ad.b_pd = Param::from_tensor(Tensor::from_data(
+        TensorData::new(pseudo(4 * d, 0.5), [4, d]),
+        &dev,
+    ));
     let meta = test_meta(&cfg, &head, KeyNorm::None);
     let dir = tempfile::tempdir().expect("tempdir");
     ad.save(dir.path(), &meta).expect("save");
@@ -296,7 +300,10 @@ fn key_statistics_standardize_and_round_trip() {
     let mut ad = PemaAdapter::<B>::new(cfg, 1, &dev)
         .expect("adapter")
         .with_key_stats(Some(stats));
-    ad.b_pd = Tensor::from_data(TensorData::new(pseudo(2 * d, 0.5), [2, d]), &dev);
+    ad.b_pd = Param::from_tensor(Tensor::from_data(
+        TensorData::new(pseudo(2 * d, 0.5), [2, d]),
+        &dev,
+    ));
     let f = Tensor::<B, 2>::from_data(TensorData::new(vec![3.0, -1.0, 1100.0], [1, d]), &dev);
     assert_eq!(
         host(&ad.standardize(f.clone())).expect("x"),

@@ -1,8 +1,10 @@
 //! Resumable training: the checkpoint written after every validation, its compatibility
 //! check on resume, and the JSON-lines log.
 
-use super::step::trained;
+use super::step::{adam_for, param, trained_params};
 use super::*;
+use burn::optim::Optimizer;
+use burn::optim::record::AdaptorRecord;
 
 /// Everything that is restored when a run resumes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,9 +21,8 @@ pub(super) struct CheckpointState {
     pub(super) phase1: Option<PhaseReport>,
     pub(super) weights: String,
     pub(super) config: TrainConfig,
-    pub(super) head_fingerprint: String,
-    pub(super) memory_fingerprint: String,
-    pub(super) dev_memory_fingerprint: String,
+    #[serde(flatten)]
+    pub(super) provenance: Provenance,
 }
 
 /// JSON-lines log file.
@@ -67,16 +68,8 @@ pub(super) fn check_resume(
     if st.format != CHECKPOINT_FORMAT {
         return bad(format!("unknown checkpoint format `{}`", st.format));
     }
-    if st.head_fingerprint != head.fingerprint {
-        return bad(format!(
-            "checkpoint was trained against head {}, this head is {}",
-            st.head_fingerprint, head.fingerprint
-        ));
-    }
-    if st.memory_fingerprint != train.fingerprint()
-        || st.dev_memory_fingerprint != dev.fingerprint()
-    {
-        return bad("the training or dev memory differs from the checkpoint's".into());
+    if let Some(why) = st.provenance.mismatch(&Provenance::new(head, train, dev)) {
+        return bad(format!("the checkpoint was {why}"));
     }
     let c = &st.config;
     if c.rank != cfg.rank
@@ -104,7 +97,7 @@ pub(super) fn check_resume(
 pub(super) fn write_checkpoint<B: AutodiffBackend>(
     ctx: &mut Ctx<'_, B>,
     phase: Phase,
-    s: &PhaseStart<B::InnerBackend>,
+    s: &PhaseStart<B>,
 ) -> Result<()> {
     let dir = ctx.out.join(CHECKPOINT_DIR);
     let pn = phase.number();
@@ -113,9 +106,27 @@ pub(super) fn write_checkpoint<B: AutodiffBackend>(
     for (prefix, a) in [("cur.", &s.adapter), ("best.", &s.best)] {
         tensors.extend(adapter_matrices(prefix, a));
     }
-    for (i, m) in s.adam.moments.iter().enumerate() {
-        tensors.push((format!("adam.m{i}"), &m.m));
-        tensors.push((format!("adam.v{i}"), &m.v));
+    // Adam's state per trained matrix, in the phase's order (zeros before the first step).
+    let record = s.optim.to_record();
+    let mut adam_t = 0;
+    let states: Vec<AdamState<B::InnerBackend, 2>> = trained_params(phase, ctx.cfg.plan)
+        .iter()
+        .map(|&p| {
+            let weight = param(&s.adapter, p);
+            match record.get(&weight.id) {
+                Some(r) => r.clone().into_state::<2>(),
+                None => AdamState {
+                    t: 0,
+                    m: weight.val().zeros_like(),
+                    v: weight.val().zeros_like(),
+                },
+            }
+        })
+        .collect();
+    for (i, st) in states.iter().enumerate() {
+        adam_t = st.t;
+        tensors.push((format!("adam.m{i}"), &st.m));
+        tensors.push((format!("adam.v{i}"), &st.v));
     }
     write_matrices(&dir.join(&weights_name), &tensors)?;
     let state = CheckpointState {
@@ -124,16 +135,14 @@ pub(super) fn write_checkpoint<B: AutodiffBackend>(
         step: s.step,
         epoch: s.epoch,
         batch: s.batch,
-        adam_t: s.adam.t,
+        adam_t: adam_t as u64,
         dev_history: s.dev_history.clone(),
         best_step: s.best_step,
         best: s.best_metrics,
         phase1: ctx.phase1_report.clone(),
         weights: weights_name.clone(),
         config: ctx.cfg.clone(),
-        head_fingerprint: ctx.head.fingerprint.clone(),
-        memory_fingerprint: ctx.train.fingerprint(),
-        dev_memory_fingerprint: ctx.dev.fingerprint(),
+        provenance: Provenance::of(ctx),
     };
     let state_path = dir.join(STATE_FILE);
     write_json(&state_path, &state)?;
@@ -155,30 +164,28 @@ pub(super) fn load_start<AD: AutodiffBackend>(
     st: &CheckpointState,
     phase: Phase,
     acfg: AdapterConfig,
-) -> Result<PhaseStart<AD::InnerBackend>> {
-    type B<AD> = <AD as AutodiffBackend>::InnerBackend;
+) -> Result<PhaseStart<AD>> {
     let path = ctx.out.join(CHECKPOINT_DIR).join(&st.weights);
     let file = Matrices::open(&path)?;
     let device = ctx.device;
-    let get = |name: &str| file.get::<B<AD>>(name, device);
     let adapter_of = |prefix: &str| file.adapter(prefix, acfg, ctx.key_stats.clone(), device);
     let adapter = adapter_of("cur.")?;
     let best = adapter_of("best.")?;
-    let cfg = ctx.cfg;
-    let mut adam = Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon, &[], device);
-    adam.t = st.adam_t;
-    adam.moments = (0..trained(&adapter, phase, cfg.plan).len())
-        .map(|i| -> Result<Moments<B<AD>>> {
-            Ok(Moments {
-                m: get(&format!("adam.m{i}"))?,
-                v: get(&format!("adam.v{i}"))?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let mut optim = adam_for::<AD>(ctx.cfg);
+    let mut record = optim.to_record();
+    for (i, &p) in trained_params(phase, ctx.cfg.plan).iter().enumerate() {
+        let state = AdamState {
+            t: st.adam_t as usize,
+            m: file.get(&format!("adam.m{i}"), device)?,
+            v: file.get(&format!("adam.v{i}"), device)?,
+        };
+        record.insert(param(&adapter, p).id, AdaptorRecord::from_state(state));
+    }
+    optim = optim.load_record(record);
     Ok(PhaseStart {
         adapter,
         best,
-        adam,
+        optim,
         step: st.step,
         epoch: st.epoch,
         batch: st.batch,
@@ -194,9 +201,9 @@ pub(super) fn adapter_matrices<'a, B: Backend>(
     a: &'a PemaAdapter<B>,
 ) -> [(String, &'a Tensor<B, 2>); 3] {
     [
-        (format!("{prefix}a"), &a.a),
-        (format!("{prefix}b_rct"), &a.b_rct),
-        (format!("{prefix}b_pd"), &a.b_pd),
+        (format!("{prefix}a"), &*a.a),
+        (format!("{prefix}b_rct"), &*a.b_rct),
+        (format!("{prefix}b_pd"), &*a.b_pd),
     ]
 }
 
@@ -253,9 +260,9 @@ impl Matrices {
     ) -> Result<PemaAdapter<B>> {
         Ok(PemaAdapter {
             config,
-            a: self.get(&format!("{prefix}a"), device)?,
-            b_rct: self.get(&format!("{prefix}b_rct"), device)?,
-            b_pd: self.get(&format!("{prefix}b_pd"), device)?,
+            a: crate::adapter::param(self.get(&format!("{prefix}a"), device)?),
+            b_rct: crate::adapter::param(self.get(&format!("{prefix}b_rct"), device)?),
+            b_pd: crate::adapter::param(self.get(&format!("{prefix}b_pd"), device)?),
             key_stats,
         })
     }

@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::adam::{Adam, Moments};
+use crate::adam::{AdamOptimizer, AdamState, TorchAdam};
 use crate::adapter::{
     ADAPTER_FORMAT, AdapterMeta, KeyStats, PemaAdapter, Phase, host, read_json, write_json,
 };
@@ -54,7 +54,7 @@ use checkpoint::{CheckpointState, JsonLog, check_resume, load_start, write_check
 use phase::{fresh_start, mix, run_phase};
 pub use shared::{PHASE1_STATE, PHASE1_WEIGHTS};
 pub use stats::{key_stats_host, key_stats_of};
-pub use step::{StepOutcome, train_step};
+pub use step::{StepOutcome, adam_for, train_step, trainable};
 
 /// Name of the JSON-lines training log inside the output directory.
 pub const LOG_FILE: &str = "train_log.jsonl";
@@ -123,11 +123,52 @@ pub struct TrainReport {
     pub meta: AdapterMeta,
 }
 
+/// What a checkpoint or a shared phase-1 result was trained against: the head and both
+/// memories, by fingerprint (flattened into the JSON that records it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Provenance {
+    head_fingerprint: String,
+    memory_fingerprint: String,
+    dev_memory_fingerprint: String,
+}
+
+impl Provenance {
+    /// This run's head and memories.
+    fn of<B: AutodiffBackend>(ctx: &Ctx<'_, B>) -> Self {
+        Self::new(ctx.head, ctx.train, ctx.dev)
+    }
+
+    fn new(
+        head: &FusedHead<impl Backend>,
+        train: &dyn MemorySource,
+        dev: &dyn MemorySource,
+    ) -> Self {
+        Self {
+            head_fingerprint: head.fingerprint.clone(),
+            memory_fingerprint: train.fingerprint(),
+            dev_memory_fingerprint: dev.fingerprint(),
+        }
+    }
+
+    /// Why `self` (recorded) cannot continue in `now` (this run), if it cannot.
+    fn mismatch(&self, now: &Self) -> Option<String> {
+        if self.head_fingerprint != now.head_fingerprint {
+            return Some(format!(
+                "trained against head {}, this head is {}",
+                self.head_fingerprint, now.head_fingerprint
+            ));
+        }
+        (self.memory_fingerprint != now.memory_fingerprint
+            || self.dev_memory_fingerprint != now.dev_memory_fingerprint)
+            .then(|| "trained on another training or dev memory".to_string())
+    }
+}
+
 /// Where a phase starts: fresh or from a checkpoint.
-struct PhaseStart<B: Backend> {
-    adapter: PemaAdapter<B>,
-    best: PemaAdapter<B>,
-    adam: Adam<B>,
+struct PhaseStart<B: AutodiffBackend> {
+    adapter: PemaAdapter<B::InnerBackend>,
+    best: PemaAdapter<B::InnerBackend>,
+    optim: AdamOptimizer<PemaAdapter<B>, B>,
     step: u64,
     epoch: usize,
     batch: usize,
@@ -242,8 +283,7 @@ pub fn train<B: AutodiffBackend>(
             // Ablation: no phase 1; phase 2 starts from a fresh adapter (B_rct = 0, trained).
             let fresh =
                 PemaAdapter::new(acfg, mix(cfg.seed, 2), device)?.with_key_stats(key_stats.clone());
-            let start = fresh_start(fresh, Phase::Prediction, cfg, device);
-            (PhaseReport::skipped(1), None, Some(start))
+            (PhaseReport::skipped(1), None, Some(fresh_start(fresh, cfg)))
         }
         (other, _) => {
             let start = match other {
@@ -251,7 +291,7 @@ pub fn train<B: AutodiffBackend>(
                 None => {
                     let fresh = PemaAdapter::new(acfg, mix(cfg.seed, 1), device)?
                         .with_key_stats(key_stats.clone());
-                    fresh_start(fresh, Phase::Reconstruction, cfg, device)
+                    fresh_start(fresh, cfg)
                 }
             };
             let (best, report) = run_phase(&mut ctx, Phase::Reconstruction, start)?;
@@ -269,12 +309,12 @@ pub fn train<B: AutodiffBackend>(
             let fresh = if cfg.plan == PhasePlan::BpdOnly {
                 // Ablation: keep A₁ (frozen in phase 2), B_pd from zero.
                 let mut kept = p1.clone();
-                kept.b_pd = kept.b_pd.zeros_like();
+                kept.b_pd = crate::adapter::param(kept.b_pd.zeros_like());
                 kept
             } else {
                 p1.fresh_for_phase2(mix(cfg.seed, 2))
             };
-            let start = fresh_start(fresh, Phase::Prediction, cfg, device);
+            let start = fresh_start(fresh, cfg);
             // A checkpoint at the start of phase 2 keeps phase 1's result safe.
             write_checkpoint(&mut ctx, Phase::Prediction, &start)?;
             start

@@ -1,23 +1,17 @@
 //! One training phase: the step loop over shuffled batches, periodic validation on the dev
 //! memory with the paper's early-stopping rule, and the batch and seed helpers.
 
-use super::step::{StepOutcome, train_step, trained};
+use super::step::{StepOutcome, adam_for, train_step};
 use super::*;
 
-pub(super) fn fresh_start<B: Backend>(
-    adapter: PemaAdapter<B>,
-    phase: Phase,
+pub(super) fn fresh_start<B: AutodiffBackend>(
+    adapter: PemaAdapter<B::InnerBackend>,
     cfg: &TrainConfig,
-    device: &B::Device,
 ) -> PhaseStart<B> {
-    let shapes: Vec<[usize; 2]> = trained(&adapter, phase, cfg.plan)
-        .iter()
-        .map(|t| t.dims())
-        .collect();
     PhaseStart {
         best: adapter.clone(),
         adapter,
-        adam: Adam::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon, &shapes, device),
+        optim: adam_for::<B>(cfg),
         step: 0,
         epoch: 0,
         batch: 0,
@@ -30,7 +24,7 @@ pub(super) fn fresh_start<B: Backend>(
 pub(super) fn run_phase<B: AutodiffBackend>(
     ctx: &mut Ctx<'_, B>,
     phase: Phase,
-    start: PhaseStart<B::InnerBackend>,
+    start: PhaseStart<B>,
 ) -> Result<(PemaAdapter<B::InnerBackend>, PhaseReport)> {
     let cfg = ctx.cfg;
     let pcfg: PhaseConfig = match phase {
@@ -48,7 +42,7 @@ pub(super) fn run_phase<B: AutodiffBackend>(
     let PhaseStart {
         mut adapter,
         best,
-        mut adam,
+        mut optim,
         mut step,
         mut epoch,
         mut batch,
@@ -62,7 +56,6 @@ pub(super) fn run_phase<B: AutodiffBackend>(
         best_metrics,
         dev_history,
     };
-    adam.lr = cfg.lr;
     let t0 = Instant::now();
     let pb = progress_bar(cfg.progress, max_steps, step, pn);
     let mut running: Option<Tensor<B::InnerBackend, 1>> = None;
@@ -91,7 +84,16 @@ pub(super) fn run_phase<B: AutodiffBackend>(
             let StepOutcome {
                 adapter: next,
                 loss,
-            } = train_step::<B>(&adapter, &mut adam, &ctx.head_ad, f, y, phase, cfg.plan)?;
+            } = train_step::<B>(
+                &adapter,
+                &mut optim,
+                cfg.lr,
+                &ctx.head_ad,
+                f,
+                y,
+                phase,
+                cfg.plan,
+            )?;
             adapter = next;
             running = Some(match running {
                 Some(r) => r + loss,
@@ -123,7 +125,7 @@ pub(super) fn run_phase<B: AutodiffBackend>(
                 let snap = PhaseStart {
                     adapter: adapter.clone(),
                     best: record.best.clone(),
-                    adam: adam.clone(),
+                    optim: optim.clone(),
                     step,
                     epoch,
                     batch,

@@ -21,9 +21,8 @@ struct Phase1State {
     format: String,
     report: PhaseReport,
     config: TrainConfig,
-    head_fingerprint: String,
-    memory_fingerprint: String,
-    dev_memory_fingerprint: String,
+    #[serde(flatten)]
+    provenance: Provenance,
 }
 
 /// Writes the kept phase-1 weights and report into `ctx.out`.
@@ -39,9 +38,7 @@ pub(super) fn save_phase1<B: AutodiffBackend>(
             format: PHASE1_FORMAT.into(),
             report: report.clone(),
             config: ctx.cfg.clone(),
-            head_fingerprint: ctx.head.fingerprint.clone(),
-            memory_fingerprint: ctx.train.fingerprint(),
-            dev_memory_fingerprint: ctx.dev.fingerprint(),
+            provenance: Provenance::of(ctx),
         },
     )
 }
@@ -80,13 +77,8 @@ pub(super) fn load_phase1<B: AutodiffBackend>(
     if st.format != PHASE1_FORMAT {
         return Err(bad(format!("unknown phase-1 format `{}`", st.format)));
     }
-    if st.head_fingerprint != ctx.head.fingerprint {
-        return Err(bad("phase 1 was trained against another head".into()));
-    }
-    if st.memory_fingerprint != ctx.train.fingerprint()
-        || st.dev_memory_fingerprint != ctx.dev.fingerprint()
-    {
-        return Err(bad("phase 1 was trained on other memories".into()));
+    if let Some(why) = st.provenance.mismatch(&Provenance::of(ctx)) {
+        return Err(bad(format!("phase 1 was {why}")));
     }
     if let Some(what) = phase1_difference(&st.config, ctx.cfg) {
         return Err(bad(format!("phase 1 was trained with another {what}")));

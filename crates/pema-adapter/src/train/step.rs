@@ -1,5 +1,8 @@
 //! One optimiser step of a phase, and which of the adapter's matrices each phase trains.
 
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+
 use super::*;
 
 /// One of the adapter's matrices.
@@ -21,7 +24,11 @@ pub(super) fn trained_params(phase: Phase, plan: PhasePlan) -> &'static [Param] 
     }
 }
 
-pub(super) fn param<B: Backend>(a: &PemaAdapter<B>, p: Param) -> &Tensor<B, 2> {
+/// The burn parameter behind `p`.
+pub(super) fn param<B: Backend>(
+    a: &PemaAdapter<B>,
+    p: Param,
+) -> &burn::module::Param<Tensor<B, 2>> {
     match p {
         Param::A => &a.a,
         Param::BRct => &a.b_rct,
@@ -29,32 +36,29 @@ pub(super) fn param<B: Backend>(a: &PemaAdapter<B>, p: Param) -> &Tensor<B, 2> {
     }
 }
 
-pub(super) fn trained<B: Backend>(
-    a: &PemaAdapter<B>,
+/// The adapter lifted onto the autodiff backend with `require_grad` set on exactly the
+/// matrices `plan` trains in `phase` (the others stay constants of the graph).
+pub fn trainable<B: AutodiffBackend>(
+    adapter: &PemaAdapter<B::InnerBackend>,
     phase: Phase,
     plan: PhasePlan,
-) -> Vec<Tensor<B, 2>> {
-    trained_params(phase, plan)
-        .iter()
-        .map(|p| param(a, *p).clone())
-        .collect()
+) -> PemaAdapter<B> {
+    let which = trained_params(phase, plan);
+    let mut ad = PemaAdapter::<B>::from_inner(adapter.clone());
+    ad.a = ad.a.set_require_grad(which.contains(&Param::A));
+    ad.b_rct = ad.b_rct.set_require_grad(which.contains(&Param::BRct));
+    ad.b_pd = ad.b_pd.set_require_grad(which.contains(&Param::BPd));
+    ad
 }
 
-pub(super) fn with_trained<B: Backend>(
-    a: &PemaAdapter<B>,
-    phase: Phase,
-    plan: PhasePlan,
-    values: Vec<Tensor<B, 2>>,
-) -> PemaAdapter<B> {
-    let mut out = a.clone();
-    for (p, v) in trained_params(phase, plan).iter().zip(values) {
-        match p {
-            Param::A => out.a = v,
-            Param::BRct => out.b_rct = v,
-            Param::BPd => out.b_pd = v,
-        }
+/// The optimiser of a phase: PyTorch's Adam with the run's β₁, β₂, ε.
+pub fn adam_for<B: AutodiffBackend>(cfg: &TrainConfig) -> AdamOptimizer<PemaAdapter<B>, B> {
+    TorchAdam {
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        epsilon: cfg.epsilon,
     }
-    out
+    .into()
 }
 
 /// What one [`train_step`] returns.
@@ -67,51 +71,33 @@ pub struct StepOutcome<B: Backend> {
 }
 
 /// One optimiser step of `phase` on a batch (`keys: [n, d]`, `values: [n]`): forward with
-/// dropout, backward, Adam, training the matrices `plan` assigns to `phase`. Returns the
-/// updated adapter and the batch loss (detached). This is exactly what [`train`] runs per
-/// step; it is public for benchmarks.
+/// dropout, backward, Adam at learning rate `lr`, training the matrices `plan` assigns to
+/// `phase`. Returns the updated adapter and the batch loss (detached). This is exactly what
+/// [`train`] runs per step; it is public for benchmarks.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend>(
     adapter: &PemaAdapter<B::InnerBackend>,
-    adam: &mut Adam<B::InnerBackend>,
+    optim: &mut AdamOptimizer<PemaAdapter<B>, B>,
+    lr: f64,
     head: &FusedHead<B>,
     keys: Tensor<B::InnerBackend, 2>,
     values: Tensor<B::InnerBackend, 1, Int>,
     phase: Phase,
     plan: PhasePlan,
 ) -> Result<StepOutcome<B::InnerBackend>> {
-    let which = trained_params(phase, plan);
-    let lift = |t: &Tensor<B::InnerBackend, 2>, p: Param| {
-        let t = Tensor::<B, 2>::from_inner(t.clone());
-        if which.contains(&p) {
-            t.require_grad()
-        } else {
-            t
-        }
-    };
-    let ad = PemaAdapter::<B> {
-        config: adapter.config,
-        a: lift(&adapter.a, Param::A),
-        b_rct: lift(&adapter.b_rct, Param::BRct),
-        b_pd: lift(&adapter.b_pd, Param::BPd),
-        key_stats: adapter.key_stats.as_ref().map(|s| KeyStats {
-            mean: Tensor::from_inner(s.mean.clone()),
-            std: Tensor::from_inner(s.std.clone()),
-        }),
-    };
+    let ad = trainable::<B>(adapter, phase, plan);
     let f = Tensor::<B, 2>::from_inner(keys);
     let y = Tensor::<B, 1, Int>::from_inner(values);
     let losses = ad.losses(head, f, y, phase, true);
-    let grads = losses.total.backward();
-    let params = trained(&ad, phase, plan);
-    let mut g = Vec::with_capacity(params.len());
-    for p in &params {
-        g.push(p.grad(&grads).ok_or_else(|| {
-            AdapterError::Config("a trained parameter received no gradient".into())
-        })?);
+    let grads = GradientsParams::from_grads(losses.total.backward(), &ad);
+    if grads.len() != trained_params(phase, plan).len() {
+        return Err(AdapterError::Config(
+            "a trained parameter received no gradient".into(),
+        ));
     }
-    let updated = adam.step(trained(adapter, phase, plan), g);
+    let updated = optim.step(lr, ad, grads);
     Ok(StepOutcome {
-        adapter: with_trained(adapter, phase, plan, updated),
+        adapter: updated.valid(),
         loss: losses.total.inner(),
     })
 }

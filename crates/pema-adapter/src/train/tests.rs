@@ -24,3 +24,92 @@ fn permutations_are_seeded_and_complete() {
     s.sort_unstable();
     assert_eq!(s, (0..100).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_phase_updates_only_its_matrices_and_keeps_adam_state_for_them_alone() {
+    use super::step::{adam_for, trainable};
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::Module;
+    use burn::optim::Optimizer;
+    type B = NdArray<f64>;
+    type AD = Autodiff<B>;
+    let dev = Default::default();
+    let (d, v, n) = (6, 5, 8);
+    let wave = |k: usize, s: f64| (0..k).map(|i| ((i as f64) * s).sin() as f32).collect();
+    let head =
+        pema_backbone::LmHead::<B>::from_host(vec![1.0; d], 1e-6, wave(v * d, 0.7), v, "t", &dev)
+            .expect("head");
+    let head = FusedHead::new(&head, Default::default()).expect("fused head");
+    let cfg = TrainConfig {
+        rank: 3,
+        dropout: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut adapter = PemaAdapter::<B>::new(cfg.adapter(d, v), 1, &dev).expect("adapter");
+    // Non-zero B_rct and B_pd, so that every matrix has a gradient to give.
+    adapter.b_rct = crate::adapter::param(adapter.b_rct.val().add_scalar(0.1));
+    adapter.b_pd = crate::adapter::param(adapter.b_pd.val().add_scalar(0.2));
+    assert_eq!(adapter.num_params(), 3 * 3 * d);
+    assert_eq!(Module::num_params(&adapter), 3 * 3 * d);
+    let keys = Tensor::<B, 2>::from_data(TensorData::new(wave(n * d, 1.3), [n, d]), &dev);
+    let ys = Tensor::<B, 1, Int>::from_data(
+        TensorData::new((0..n as i64).map(|i| i % 5).collect::<Vec<_>>(), [n]),
+        &dev,
+    );
+    for (phase, plan, moved) in [
+        (
+            Phase::Reconstruction,
+            PhasePlan::TwoPhase,
+            [true, true, false],
+        ),
+        (Phase::Prediction, PhasePlan::TwoPhase, [true, false, true]),
+        (Phase::Prediction, PhasePlan::Joint, [true, true, true]),
+        (Phase::Prediction, PhasePlan::BpdOnly, [false, false, true]),
+    ] {
+        assert_eq!(
+            [
+                trainable::<AD>(&adapter, phase, plan)
+                    .a
+                    .val()
+                    .is_require_grad(),
+                trainable::<AD>(&adapter, phase, plan)
+                    .b_rct
+                    .val()
+                    .is_require_grad(),
+                trainable::<AD>(&adapter, phase, plan)
+                    .b_pd
+                    .val()
+                    .is_require_grad()
+            ],
+            moved
+        );
+        let mut optim = adam_for::<AD>(&cfg);
+        let out = train_step::<AD>(
+            &adapter,
+            &mut optim,
+            1e-2,
+            &head.lift::<AD>(),
+            keys.clone(),
+            ys.clone(),
+            phase,
+            plan,
+        )
+        .expect("step");
+        let changed =
+            |x: &Tensor<B, 2>, y: &Tensor<B, 2>| host(x).expect("x") != host(y).expect("y");
+        assert_eq!(
+            [
+                changed(&adapter.a, &out.adapter.a),
+                changed(&adapter.b_rct, &out.adapter.b_rct),
+                changed(&adapter.b_pd, &out.adapter.b_pd),
+            ],
+            moved,
+            "{phase:?} {plan:?}"
+        );
+        assert_eq!(
+            optim.to_record().len(),
+            moved.iter().filter(|m| **m).count(),
+            "Adam state for the trained matrices only"
+        );
+    }
+}
