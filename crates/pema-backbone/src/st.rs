@@ -160,13 +160,87 @@ pub fn write_f32(
             TensorView::new(Dtype::F32, shape.to_vec(), data).map_err(|e| st_err(path, e))?;
         views.push((name.to_string(), view));
     }
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| st_err(path, e))?;
+    let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| st_err(path, e))?;
+    sort_metadata(&mut bytes).map_err(|message| {
+        BackboneError::Invalid(format!("{}: safetensors header: {message}", path.display()))
+    })?;
     Ok(pema_common::write_atomic(path, &bytes)?)
+}
+
+/// Rewrites the header of a serialised safetensors file with its keys in sorted order, in
+/// place: `safetensors::serialize` writes the `__metadata__` keys in a `HashMap`'s per-process
+/// order, so the same tensors and metadata gave different bytes from run to run. The keys are
+/// sorted explicitly (whether or not serde_json preserves insertion order); the header keeps its
+/// length (same keys and values, reordered), so the data offsets are untouched.
+fn sort_metadata(bytes: &mut [u8]) -> std::result::Result<(), String> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.into_iter().map(|(k, v)| (k, sorted(v))).collect()
+            }
+            other => other,
+        }
+    }
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("shorter than its length prefix")?;
+    let n = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|e| e.to_string())?;
+    let header = bytes.get(8..8 + n).ok_or("header runs past the end")?;
+    let value: serde_json::Value =
+        serde_json::from_slice(header.trim_ascii_end()).map_err(|e| e.to_string())?;
+    let text = serde_json::to_vec(&sorted(value)).map_err(|e| e.to_string())?;
+    if text.len() > n {
+        return Err("reordered header is longer than the original".into());
+    }
+    let header = &mut bytes[8..8 + n];
+    header[..text.len()].copy_from_slice(&text);
+    header[text.len()..].fill(b' ');
+    Ok(())
 }
 
 impl StFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let values = [1.0f32, -2.5, 3.25, 0.0, 7.0, 8.5];
+        let write = |name: &str| {
+            let meta: HashMap<String, String> = (0..12)
+                .map(|i| (format!("key{i:02}"), format!("value {i}")))
+                .collect();
+            let path = dir.path().join(name);
+            let t: [(&str, &[f32], &[usize]); 2] =
+                [("b", &values[..4], &[2, 2]), ("a", &values[4..], &[2])];
+            write_f32(&path, &t, meta).expect("write");
+            std::fs::read(&path).expect("read")
+        };
+        let first = write("one.safetensors");
+        for i in 0..4 {
+            assert_eq!(first, write(&format!("again{i}.safetensors")), "run {i}");
+        }
+        let file = StFile::open(&dir.path().join("one.safetensors")).expect("open");
+        assert_eq!(file.tensor_f32("a").expect("a"), (vec![7.0, 8.5], vec![2]));
+        assert_eq!(
+            file.metadata().get("key07").map(String::as_str),
+            Some("value 7")
+        );
+        let text = String::from_utf8_lossy(&first[8..]);
+        let (k1, k11) = (
+            text.find("key01").expect("k1"),
+            text.find("key11").expect("k11"),
+        );
+        assert!(k1 < k11, "metadata keys in sorted order");
     }
 }
