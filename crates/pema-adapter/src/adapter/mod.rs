@@ -138,9 +138,9 @@ impl<B: Backend> PemaAdapter<B> {
         let a = kaiming_uniform_a_sqrt5(d, r, &mut rng);
         Ok(Self {
             config,
-            a: param(Tensor::from_data(TensorData::new(a, [d, r]), device)),
-            b_rct: param(Tensor::zeros([r, d], device)),
-            b_pd: param(Tensor::zeros([r, d], device)),
+            a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d, r]), device)),
+            b_rct: Param::from_tensor(Tensor::zeros([r, d], device)),
+            b_pd: Param::from_tensor(Tensor::zeros([r, d], device)),
             key_stats: None,
         })
     }
@@ -167,9 +167,9 @@ impl<B: Backend> PemaAdapter<B> {
         let a = kaiming_uniform_a_sqrt5(d, r, &mut rng);
         Self {
             config: self.config,
-            a: param(Tensor::from_data(TensorData::new(a, [d, r]), &device)),
+            a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d, r]), &device)),
             b_rct: self.b_rct.clone(),
-            b_pd: param(Tensor::zeros([r, d], &device)),
+            b_pd: Param::from_tensor(Tensor::zeros([r, d], &device)),
             key_stats: self.key_stats.clone(),
         }
     }
@@ -297,9 +297,9 @@ impl<B: Backend> PemaAdapter<B> {
     pub fn to_backend<B2: Backend>(&self, device: &B2::Device) -> PemaAdapter<B2> {
         PemaAdapter {
             config: self.config,
-            a: param(Tensor::from_data(self.a.to_data(), device)),
-            b_rct: param(Tensor::from_data(self.b_rct.to_data(), device)),
-            b_pd: param(Tensor::from_data(self.b_pd.to_data(), device)),
+            a: Param::from_tensor(Tensor::from_data(self.a.to_data(), device)),
+            b_rct: Param::from_tensor(Tensor::from_data(self.b_rct.to_data(), device)),
+            b_pd: Param::from_tensor(Tensor::from_data(self.b_pd.to_data(), device)),
             key_stats: self.key_stats.as_ref().map(|s| s.to_backend(device)),
         }
     }
@@ -326,15 +326,15 @@ impl<B: Backend> PemaAdapter<B> {
         let (d, r) = (config.d, config.rank);
         Self {
             config,
-            a: param(Tensor::from_data(
+            a: Param::from_tensor(Tensor::from_data(
                 TensorData::new(transpose(a, r, d), [d, r]),
                 device,
             )),
-            b_rct: param(Tensor::from_data(
+            b_rct: Param::from_tensor(Tensor::from_data(
                 TensorData::new(transpose(b_rct, d, r), [r, d]),
                 device,
             )),
-            b_pd: param(Tensor::from_data(
+            b_pd: Param::from_tensor(Tensor::from_data(
                 TensorData::new(transpose(b_pd, d, r), [r, d]),
                 device,
             )),
@@ -505,12 +505,6 @@ impl AdapterMeta {
             form: self.form,
         }
     }
-}
-
-/// A parameter with a fresh id holding `t` (on an autodiff backend it requires a gradient
-/// until a training phase says otherwise).
-pub fn param<B: Backend>(t: Tensor<B, 2>) -> Param<Tensor<B, 2>> {
-    Param::from_tensor(t)
 }
 
 /// Host f32 copy of a tensor (row-major).

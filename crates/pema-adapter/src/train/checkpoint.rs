@@ -1,7 +1,7 @@
 //! Resumable training: the checkpoint written after every validation, its compatibility
 //! check on resume, and the JSON-lines log.
 
-use super::step::{adam_for, param, trained_params};
+use super::step::{adam_for, trained_matrices, weight_of};
 use super::*;
 use burn::optim::Optimizer;
 use burn::optim::record::AdaptorRecord;
@@ -108,11 +108,10 @@ pub(super) fn write_checkpoint<B: AutodiffBackend>(
     }
     // Adam's state per trained matrix, in the phase's order (zeros before the first step).
     let record = s.optim.to_record();
-    let mut adam_t = 0;
-    let states: Vec<AdamState<B::InnerBackend, 2>> = trained_params(phase, ctx.cfg.plan)
+    let states: Vec<AdamState<B::InnerBackend, 2>> = trained_matrices(phase, ctx.cfg.plan)
         .iter()
         .map(|&p| {
-            let weight = param(&s.adapter, p);
+            let weight = weight_of(&s.adapter, p);
             match record.get(&weight.id) {
                 Some(r) => r.clone().into_state::<2>(),
                 None => AdamState {
@@ -123,8 +122,9 @@ pub(super) fn write_checkpoint<B: AutodiffBackend>(
             }
         })
         .collect();
+    // Every trained matrix has taken the same number of steps.
+    let adam_t = states.first().map_or(0, |st| st.t);
     for (i, st) in states.iter().enumerate() {
-        adam_t = st.t;
         tensors.push((format!("adam.m{i}"), &st.m));
         tensors.push((format!("adam.v{i}"), &st.v));
     }
@@ -173,13 +173,13 @@ pub(super) fn load_start<AD: AutodiffBackend>(
     let best = adapter_of("best.")?;
     let mut optim = adam_for::<AD>(ctx.cfg);
     let mut record = optim.to_record();
-    for (i, &p) in trained_params(phase, ctx.cfg.plan).iter().enumerate() {
+    for (i, &p) in trained_matrices(phase, ctx.cfg.plan).iter().enumerate() {
         let state = AdamState {
             t: st.adam_t as usize,
             m: file.get(&format!("adam.m{i}"), device)?,
             v: file.get(&format!("adam.v{i}"), device)?,
         };
-        record.insert(param(&adapter, p).id, AdaptorRecord::from_state(state));
+        record.insert(weight_of(&adapter, p).id, AdaptorRecord::from_state(state));
     }
     optim = optim.load_record(record);
     Ok(PhaseStart {
@@ -260,9 +260,9 @@ impl Matrices {
     ) -> Result<PemaAdapter<B>> {
         Ok(PemaAdapter {
             config,
-            a: crate::adapter::param(self.get(&format!("{prefix}a"), device)?),
-            b_rct: crate::adapter::param(self.get(&format!("{prefix}b_rct"), device)?),
-            b_pd: crate::adapter::param(self.get(&format!("{prefix}b_pd"), device)?),
+            a: Param::from_tensor(self.get(&format!("{prefix}a"), device)?),
+            b_rct: Param::from_tensor(self.get(&format!("{prefix}b_rct"), device)?),
+            b_pd: Param::from_tensor(self.get(&format!("{prefix}b_pd"), device)?),
             key_stats,
         })
     }

@@ -25,6 +25,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Param;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -309,7 +310,7 @@ pub fn train<B: AutodiffBackend>(
             let fresh = if cfg.plan == PhasePlan::BpdOnly {
                 // Ablation: keep A₁ (frozen in phase 2), B_pd from zero.
                 let mut kept = p1.clone();
-                kept.b_pd = crate::adapter::param(kept.b_pd.zeros_like());
+                kept.b_pd = Param::from_tensor(kept.b_pd.zeros_like());
                 kept
             } else {
                 p1.fresh_for_phase2(mix(cfg.seed, 2))

@@ -7,7 +7,7 @@ use super::*;
 
 /// One of the adapter's matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Param {
+pub(super) enum Matrix {
     A,
     BRct,
     BPd,
@@ -15,24 +15,21 @@ pub(super) enum Param {
 
 /// The matrices a phase trains under `plan`: (A, B_rct) in phase 1, (A, B_pd) in phase 2
 /// (paper); (A, B_rct, B_pd) in phase 2 for `joint`; B_pd alone in phase 2 for `bpd-only`.
-pub(super) fn trained_params(phase: Phase, plan: PhasePlan) -> &'static [Param] {
+pub(super) fn trained_matrices(phase: Phase, plan: PhasePlan) -> &'static [Matrix] {
     match (phase, plan) {
-        (Phase::Reconstruction, _) => &[Param::A, Param::BRct],
-        (Phase::Prediction, PhasePlan::TwoPhase) => &[Param::A, Param::BPd],
-        (Phase::Prediction, PhasePlan::Joint) => &[Param::A, Param::BRct, Param::BPd],
-        (Phase::Prediction, PhasePlan::BpdOnly) => &[Param::BPd],
+        (Phase::Reconstruction, _) => &[Matrix::A, Matrix::BRct],
+        (Phase::Prediction, PhasePlan::TwoPhase) => &[Matrix::A, Matrix::BPd],
+        (Phase::Prediction, PhasePlan::Joint) => &[Matrix::A, Matrix::BRct, Matrix::BPd],
+        (Phase::Prediction, PhasePlan::BpdOnly) => &[Matrix::BPd],
     }
 }
 
 /// The burn parameter behind `p`.
-pub(super) fn param<B: Backend>(
-    a: &PemaAdapter<B>,
-    p: Param,
-) -> &burn::module::Param<Tensor<B, 2>> {
+pub(super) fn weight_of<B: Backend>(a: &PemaAdapter<B>, p: Matrix) -> &Param<Tensor<B, 2>> {
     match p {
-        Param::A => &a.a,
-        Param::BRct => &a.b_rct,
-        Param::BPd => &a.b_pd,
+        Matrix::A => &a.a,
+        Matrix::BRct => &a.b_rct,
+        Matrix::BPd => &a.b_pd,
     }
 }
 
@@ -43,11 +40,11 @@ pub fn trainable<B: AutodiffBackend>(
     phase: Phase,
     plan: PhasePlan,
 ) -> PemaAdapter<B> {
-    let which = trained_params(phase, plan);
+    let which = trained_matrices(phase, plan);
     let mut ad = PemaAdapter::<B>::from_inner(adapter.clone());
-    ad.a = ad.a.set_require_grad(which.contains(&Param::A));
-    ad.b_rct = ad.b_rct.set_require_grad(which.contains(&Param::BRct));
-    ad.b_pd = ad.b_pd.set_require_grad(which.contains(&Param::BPd));
+    ad.a = ad.a.set_require_grad(which.contains(&Matrix::A));
+    ad.b_rct = ad.b_rct.set_require_grad(which.contains(&Matrix::BRct));
+    ad.b_pd = ad.b_pd.set_require_grad(which.contains(&Matrix::BPd));
     ad
 }
 
@@ -90,7 +87,7 @@ pub fn train_step<B: AutodiffBackend>(
     let y = Tensor::<B, 1, Int>::from_inner(values);
     let losses = ad.losses(head, f, y, phase, true);
     let grads = GradientsParams::from_grads(losses.total.backward(), &ad);
-    if grads.len() != trained_params(phase, plan).len() {
+    if grads.len() != trained_matrices(phase, plan).len() {
         return Err(AdapterError::Config(
             "a trained parameter received no gradient".into(),
         ));

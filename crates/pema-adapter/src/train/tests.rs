@@ -47,8 +47,8 @@ fn a_phase_updates_only_its_matrices_and_keeps_adam_state_for_them_alone() {
     };
     let mut adapter = PemaAdapter::<B>::new(cfg.adapter(d, v), 1, &dev).expect("adapter");
     // Non-zero B_rct and B_pd, so that every matrix has a gradient to give.
-    adapter.b_rct = crate::adapter::param(adapter.b_rct.val().add_scalar(0.1));
-    adapter.b_pd = crate::adapter::param(adapter.b_pd.val().add_scalar(0.2));
+    adapter.b_rct = Param::from_tensor(adapter.b_rct.val().add_scalar(0.1));
+    adapter.b_pd = Param::from_tensor(adapter.b_pd.val().add_scalar(0.2));
     assert_eq!(adapter.num_params(), 3 * 3 * d);
     assert_eq!(Module::num_params(&adapter), 3 * 3 * d);
     let keys = Tensor::<B, 2>::from_data(TensorData::new(wave(n * d, 1.3), [n, d]), &dev);
