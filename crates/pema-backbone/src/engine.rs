@@ -26,10 +26,60 @@ use crate::seam::{ContextRepr, GenerateOptions, Plm, StepOutput, StepPolicy};
 const MAX_ROWS_PER_FORWARD: usize = 2048;
 
 /// A computed shared prefix: its tokens, caches and pre-norm hidden states.
-struct Prefix<B: Backend> {
+///
+/// An [`Engine`] keeps one ([`Engine::set_prefix`]); a server holding several (one per
+/// client template) computes them with [`Engine::compute_prefix`] and passes one to
+/// [`Engine::begin`].
+#[derive(Debug, Clone)]
+pub struct SharedPrefix<B: Backend> {
     tokens: Vec<u32>,
     kv: SeqKv<B>,
     hidden: Tensor<B, 2>,
+}
+
+impl<B: Backend> SharedPrefix<B> {
+    /// The prefix's tokens.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// How many leading tokens of `seq` it provides: the longest common prefix, keeping at
+    /// least `keep` tokens of `seq` to run.
+    fn reuse(&self, seq: &[u32], keep: usize) -> usize {
+        let lcp = self
+            .tokens
+            .iter()
+            .zip(seq)
+            .take_while(|(a, b)| a == b)
+            .count();
+        lcp.min(seq.len().saturating_sub(keep))
+    }
+}
+
+/// One sequence being generated step by step ([`Engine::begin`], [`Engine::advance`]): its
+/// cache and the tokens to feed at the next forward (the prompt's unshared part, then each
+/// chosen token).
+#[derive(Debug, Clone)]
+pub struct DecodingSeq<B: Backend> {
+    kv: SeqKv<B>,
+    feed: Vec<u32>,
+}
+
+impl<B: Backend> DecodingSeq<B> {
+    /// Sets the token fed at the next [`Engine::advance`] (the one just chosen).
+    pub fn push(&mut self, token: u32) {
+        self.feed = vec![token];
+    }
+
+    /// Positions in the cache.
+    pub fn len(&self) -> usize {
+        self.kv.len
+    }
+
+    /// Whether nothing has been run yet.
+    pub fn is_empty(&self) -> bool {
+        self.kv.len == 0
+    }
 }
 
 /// The PLM as served for inference (see the module docs).
@@ -37,7 +87,7 @@ pub struct Engine<'m, B: Backend> {
     model: &'m Transformer<B>,
     kernels: Box<dyn Kernels<B> + 'm>,
     max_batch: usize,
-    prefix: Option<Prefix<B>>,
+    prefix: Option<SharedPrefix<B>>,
 }
 
 impl<'m, B: Backend> Engine<'m, B> {
@@ -87,16 +137,72 @@ impl<'m, B: Backend> Engine<'m, B> {
         if tokens.is_empty() {
             return Ok(());
         }
+        self.prefix = Some(self.compute_prefix(tokens)?);
+        Ok(())
+    }
+
+    /// Runs `tokens` (not empty) once and returns their caches and hidden states, for
+    /// [`Engine::begin`].
+    pub fn compute_prefix(&self, tokens: &[u32]) -> Result<SharedPrefix<B>> {
+        if tokens.is_empty() {
+            return Err(BackboneError::Invalid("empty shared prefix".into()));
+        }
         let mut kv = self.model.new_seq_cache();
         let hidden = self
             .model
             .forward_ragged(self.kernels.as_ref(), &[tokens], &mut [&mut kv])?;
-        self.prefix = Some(Prefix {
+        Ok(SharedPrefix {
             tokens: tokens.to_vec(),
             kv,
             hidden,
-        });
-        Ok(())
+        })
+    }
+
+    /// Starts generating from `prompt` (not empty), reusing `prefix` where the prompt starts
+    /// with (part of) it; the engine's own prefix when `prefix` is `None`.
+    pub fn begin(&self, prompt: &[u32], prefix: Option<&SharedPrefix<B>>) -> DecodingSeq<B> {
+        let prefix = prefix.or(self.prefix.as_ref());
+        let (kv, n) = match prefix.map(|p| (p, p.reuse(prompt, 1))) {
+            Some((p, n)) if n > 0 => (p.kv.truncated(n), n),
+            _ => (self.model.new_seq_cache(), 0),
+        };
+        DecodingSeq {
+            kv,
+            feed: prompt[n..].to_vec(),
+        }
+    }
+
+    /// One ragged forward over `seqs` (each with its pending tokens): returns the context
+    /// representation f(c) at each sequence's last position, `[seqs, d]`, in order. Each
+    /// sequence's pending tokens are consumed; [`DecodingSeq::push`] sets the next.
+    pub fn advance(&self, seqs: &mut [&mut DecodingSeq<B>]) -> Result<Tensor<B, 2>> {
+        let feeds: Vec<Vec<u32>> = seqs
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.feed))
+            .collect();
+        let feed_refs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
+        let mut kvs: Vec<&mut SeqKv<B>> = seqs.iter_mut().map(|s| &mut s.kv).collect();
+        let h = self
+            .model
+            .forward_ragged(self.kernels.as_ref(), &feed_refs, &mut kvs)?;
+        if feeds.iter().all(|f| f.len() == 1) {
+            return Ok(h);
+        }
+        let mut idx = Vec::with_capacity(feeds.len());
+        let mut end = 0i64;
+        for f in &feeds {
+            end += f.len() as i64;
+            idx.push(end - 1);
+        }
+        let n = idx.len();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &h.device());
+        Ok(h.select(0, idx))
+    }
+
+    /// The PLM's next-token logits for context representations `context: [n, d]` (final
+    /// norm and head through this engine's kernels).
+    pub fn logits(&self, context: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.kernels.head(&self.model.head, context)
     }
 
     /// Length of the shared prefix in tokens (0 without one).
@@ -104,17 +210,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.prefix.as_ref().map_or(0, |p| p.tokens.len())
     }
 
-    /// How many leading tokens of `seq` the prefix provides: the longest common prefix,
-    /// keeping at least `keep` tokens of `seq` to run.
-    fn reuse(&self, seq: &[u32], keep: usize) -> usize {
-        let Some(p) = &self.prefix else { return 0 };
-        let lcp = p.tokens.iter().zip(seq).take_while(|(a, b)| a == b).count();
-        lcp.min(seq.len().saturating_sub(keep))
-    }
-
     /// A cache for `seq` starting after its shared part; returns it and the reused length.
     fn start(&self, seq: &[u32], keep: usize) -> (SeqKv<B>, usize) {
-        let n = self.reuse(seq, keep);
+        let n = self.prefix.as_ref().map_or(0, |p| p.reuse(seq, keep));
         match (&self.prefix, n) {
             (Some(p), n) if n > 0 => (p.kv.truncated(n), n),
             _ => (self.model.new_seq_cache(), 0),
@@ -218,8 +316,7 @@ impl<'m, B: Backend> Engine<'m, B> {
 struct Row<B: Backend> {
     seq: usize,
     step: usize,
-    kv: SeqKv<B>,
-    feed: Vec<u32>,
+    dec: DecodingSeq<B>,
 }
 
 impl<B: Backend> Plm<B> for Engine<'_, B> {
@@ -255,40 +352,18 @@ impl<B: Backend> Plm<B> for Engine<'_, B> {
         loop {
             while rows.len() < self.max_batch {
                 let Some(i) = queue.pop_front() else { break };
-                let (kv, n) = self.start(&prompts[i], 1);
                 rows.push(Row {
                     seq: i,
                     step: 0,
-                    kv,
-                    feed: prompts[i][n..].to_vec(),
+                    dec: self.begin(&prompts[i], None),
                 });
             }
             if rows.is_empty() {
                 break;
             }
-            let feeds: Vec<Vec<u32>> = rows
-                .iter_mut()
-                .map(|r| std::mem::take(&mut r.feed))
-                .collect();
-            let feed_refs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
-            let mut kvs: Vec<&mut SeqKv<B>> = rows.iter_mut().map(|r| &mut r.kv).collect();
-            let h = self
-                .model
-                .forward_ragged(self.kernels.as_ref(), &feed_refs, &mut kvs)?;
-            let last = if feeds.iter().all(|f| f.len() == 1) {
-                h
-            } else {
-                let mut idx = Vec::with_capacity(feeds.len());
-                let mut end = 0i64;
-                for f in &feeds {
-                    end += f.len() as i64;
-                    idx.push(end - 1);
-                }
-                let n = idx.len();
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &h.device());
-                h.select(0, idx)
-            };
-            let logits = self.kernels.head(&self.model.head, last.clone());
+            let mut decs: Vec<&mut DecodingSeq<B>> = rows.iter_mut().map(|r| &mut r.dec).collect();
+            let last = self.advance(&mut decs)?;
+            let logits = self.logits(last.clone());
             let so = StepOutput {
                 seqs: rows.iter().map(|r| r.seq).collect(),
                 steps: rows.iter().map(|r| r.step).collect(),
@@ -315,7 +390,7 @@ impl<B: Backend> Plm<B> for Engine<'_, B> {
                 if options.stop_tokens.contains(&id) || o.len() >= options.max_for(r.seq) {
                     *done = true;
                 } else {
-                    r.feed = vec![id];
+                    r.dec.push(id);
                     r.step += 1;
                 }
             }

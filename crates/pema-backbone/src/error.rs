@@ -50,6 +50,10 @@ pub enum BackboneError {
     /// A caller passed an invalid argument (empty batch, token id out of range, …).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A PLM served elsewhere (a remote [`crate::Plm`]) failed: connection, protocol or the
+    /// server's own error.
+    #[error("PLM service: {0}")]
+    Remote(String),
 }
 
 /// Result alias for this crate.

@@ -102,6 +102,12 @@ pub trait Kernels<B: Backend>: Send + Sync {
         head.forward(h)
     }
 
+    /// The packed head [`Kernels::head`] multiplies, if it multiplies one (a data owner needs
+    /// it to compute P_LM from f(c) bit for bit as these kernels do).
+    fn packed_head(&self) -> Option<&crate::packed::PackedMatrix> {
+        None
+    }
+
     /// The gated feed-forward product `act(gate) ⊙ up`, `[n, ff]` each.
     fn gated(&self, family: Family, gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
         crate::elementwise::gated_reference(family, gate, up)
@@ -186,6 +192,10 @@ impl<B: Backend> Kernels<B> for CpuKernels {
             Some((m, simd)) => crate::packed::matmul_tensor(m, simd, x),
             None => w.forward(x),
         }
+    }
+
+    fn packed_head(&self) -> Option<&crate::packed::PackedMatrix> {
+        self.packed.as_ref().and_then(|p| p.head())
     }
 
     fn head(&self, head: &LmHead<B>, h: Tensor<B, 2>) -> Tensor<B, 2> {

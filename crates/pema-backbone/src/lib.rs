@@ -31,11 +31,11 @@ pub mod tokenizer;
 
 pub use cache::{KvCache, SeqKv};
 pub use config::{Family, ModelConfig, RopeLayout};
-pub use engine::Engine;
+pub use engine::{DecodingSeq, Engine, SharedPrefix};
 pub use error::BackboneError;
 pub use head::LmHead;
 pub use kernels::{CpuKernels, Kernels, Reference};
 pub use loader::{LoadedModel, WeightSource, build_transformer, load_model_dir};
 pub use model::Transformer;
 pub use seam::{ContextRepr, GenerateOptions, Greedy, Plm, StepOutput, StepPolicy};
-pub use tokenizer::PemaTokenizer;
+pub use tokenizer::{PemaTokenizer, TokenizerSpec};

@@ -17,6 +17,20 @@ pub struct PemaTokenizer {
     eos: Vec<u32>,
     fingerprint: String,
     stop_ids: OnceLock<Vec<u32>>,
+    json: std::sync::Arc<str>,
+}
+
+/// Everything a tokenizer is made of, as the PLM owner hands it to a data owner (serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenizerSpec {
+    /// The `tokenizer.json` text.
+    pub json: String,
+    /// Whether prompts start with BOS.
+    pub add_bos: bool,
+    /// The BOS id.
+    pub bos: Option<u32>,
+    /// The EOS ids.
+    pub eos: Vec<u32>,
 }
 
 impl std::fmt::Debug for PemaTokenizer {
@@ -60,7 +74,24 @@ impl PemaTokenizer {
             eos,
             fingerprint,
             stop_ids: OnceLock::new(),
+            json: json.into(),
         })
+    }
+
+    /// The definition this tokenizer was built from ([`PemaTokenizer::from_spec`] rebuilds it,
+    /// with the same fingerprint).
+    pub fn spec(&self) -> TokenizerSpec {
+        TokenizerSpec {
+            json: self.json.to_string(),
+            add_bos: self.add_bos,
+            bos: self.bos,
+            eos: self.eos.clone(),
+        }
+    }
+
+    /// Rebuilds a tokenizer from its [`TokenizerSpec`].
+    pub fn from_spec(spec: &TokenizerSpec) -> Result<Self> {
+        Self::from_json(&spec.json, spec.add_bos, spec.bos, spec.eos.clone())
     }
 
     /// Vocabulary size including added tokens.

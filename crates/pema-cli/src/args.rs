@@ -7,14 +7,31 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug, Clone)]
 pub struct TaskInput {
     /// Model directory (`model.gguf` + `tokenizer.json`, or the Hugging Face layout).
+    #[arg(long, required_unless_present = "plm", conflicts_with = "plm")]
+    pub model: Option<PathBuf>,
+    /// The PLM owner's service (`pema serve`), e.g. `http://10.0.0.5:7878`, instead of
+    /// `--model`: the PLM runs there and only prompts, f(c) and chosen token ids cross the
+    /// wire. The bearer token comes from `--plm-token-file` or `PEMA_TOKEN`.
     #[arg(long)]
-    pub model: PathBuf,
+    pub plm: Option<String>,
+    /// File holding the bearer token for `--plm` (default: the `PEMA_TOKEN` variable).
+    #[arg(long, requires = "plm")]
+    pub plm_token_file: Option<PathBuf>,
     /// Pairs file: JSON lines with `source`/`target` (or the paper's `en`/`du`), or TSV.
     #[arg(long)]
     pub pairs: PathBuf,
     /// Prompt template: `mt`, `formality`, or a file containing `{source}` (few-shot allowed).
     #[arg(long, default_value = "mt")]
     pub template: String,
+}
+
+impl TaskInput {
+    /// The model directory (`--model`), or an error naming the command that needs one.
+    pub fn model_dir(&self, command: &str) -> anyhow::Result<&std::path::Path> {
+        self.model.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("`{command}` needs the model's weights: give --model (not --plm)")
+        })
+    }
 }
 
 /// How the PLM is served: shared prefix and kernels (`decode`, `memory build`).

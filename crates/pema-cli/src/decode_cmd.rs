@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use pema_adapter::{PemaAdapter, PemaLogits};
-use pema_backbone::LoadedModel;
+use pema_backbone::{LmHead, LoadedModel, PemaTokenizer, Plm};
 use pema_memory::{PairsFile, PromptTemplate};
 use pema_pipeline::decode::DEFAULT_LENGTH_RATIO;
 use pema_pipeline::summary::write_lines;
@@ -112,11 +112,82 @@ pub fn run<B: Backend>(
     m: &LoadedModel<B>,
     device: &B::Device,
 ) -> Result<DecodeSummary> {
+    let template = PromptTemplate::resolve(&args.input.template)?;
+    let start = Instant::now();
+    // A LoRA-merged model has weights the GGUF does not: no packed weights then.
+    let packed_dir = args
+        .lora
+        .is_none()
+        .then_some(args.input.model_dir("decode")?);
+    let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
+    let (engine, _) = crate::serve_args::engine(
+        &m.model,
+        packed_dir,
+        &m.tokenizer,
+        &template,
+        &args.serve.options(args.batch_size, on_cpu),
+        CpuWeights::Packed,
+    )?;
+    let plm = Source {
+        plm: &engine,
+        tokenizer: &m.tokenizer,
+        head: &m.model.head,
+        kernels: engine.kernels_name(),
+    };
+    decode_with(args, &plm, start.elapsed(), device)
+}
+
+/// Runs `pema decode` against the PLM owner's service at `url` (`--plm`).
+pub fn run_remote<B: Backend>(
+    args: &DecodeArgs,
+    url: &str,
+    device: &B::Device,
+) -> Result<DecodeSummary> {
+    if args.lora.is_some() {
+        anyhow::bail!("--lora merges weights into the PLM: it needs --model, not --plm");
+    }
+    if args.serve.weights.is_some() {
+        eprintln!(
+            "note: --weights is ignored with --plm (the server chooses: pema serve --weights)"
+        );
+    }
+    let start = Instant::now();
+    let (plm, tok) = crate::remote::connect::<B>(
+        &args.input,
+        url,
+        args.batch_size,
+        !args.serve.no_shared_prefix,
+        device,
+    )?;
+    let source = Source {
+        plm: &plm,
+        tokenizer: &tok,
+        head: plm.head(),
+        kernels: "remote",
+    };
+    decode_with(args, &source, start.elapsed(), device)
+}
+
+/// Where the PLM runs, its tokenizer and the frozen head.
+struct Source<'a, B: Backend> {
+    plm: &'a dyn Plm<B>,
+    tokenizer: &'a PemaTokenizer,
+    head: &'a LmHead<B>,
+    kernels: &'static str,
+}
+
+/// Decodes with `source`; the summary's time is `setup` (engine or connection) plus decoding.
+fn decode_with<B: Backend>(
+    args: &DecodeArgs,
+    source: &Source<'_, B>,
+    setup: std::time::Duration,
+    device: &B::Device,
+) -> Result<DecodeSummary> {
     let pairs = PairsFile::read(&args.input.pairs)?;
     let template = PromptTemplate::resolve(&args.input.template)?;
     let n = args.limit.unwrap_or(pairs.len()).min(pairs.len());
     let pairs = &pairs.pairs[..n];
-    let head = args.head.fused(&m.model.head)?;
+    let head = args.head.fused(source.head)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(
             PemaAdapter::<B>::load(dir, &head, device)
@@ -145,18 +216,6 @@ pub fn run<B: Backend>(
         .as_ref()
         .map(|k| knn::index::<B>(k, device))
         .transpose()?;
-    let start = Instant::now();
-    // A LoRA-merged model has weights the GGUF does not: no packed weights then.
-    let packed_dir = args.lora.is_none().then_some(args.input.model.as_path());
-    let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
-    let (engine, _) = crate::serve_args::engine(
-        &m.model,
-        packed_dir,
-        &m.tokenizer,
-        &template,
-        &args.serve.options(args.batch_size, on_cpu),
-        CpuWeights::Packed,
-    )?;
     let method = match (&adapter, &knn_index, &knn_keys, &args.knn_params) {
         (Some((a, _)), ..) => DecodeMethod::Pema {
             logits: PemaLogits::new(a, &head)?,
@@ -181,13 +240,14 @@ pub fn run<B: Backend>(
         length: args.length,
         length_ratio,
     };
-    let decoded = pema_pipeline::decode_pairs(&engine, &m.tokenizer, &request, method)?;
+    let start = Instant::now();
+    let decoded = pema_pipeline::decode_pairs(source.plm, source.tokenizer, &request, method)?;
     eprintln!(
         "decoded {}/{n} ({})",
         decoded.hypotheses.len(),
-        engine.kernels_name()
+        source.kernels
     );
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = (setup + start.elapsed()).as_secs_f64();
     write_lines(&args.out, &decoded.hypotheses)?;
     if let Some(path) = &args.refs_out {
         write_lines(path, pairs.iter().map(|p| p.target.replace('\n', " ")))?;

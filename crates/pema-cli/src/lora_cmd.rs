@@ -101,8 +101,9 @@ impl BackendTask for &LoraArgs {
 /// its inner backend) and prints the summary as one JSON line on stdout.
 pub fn run<B: AutodiffBackend>(args: &LoraArgs, device: &B::Device) -> anyhow::Result<()> {
     let cfg = args.config()?;
-    let m = pema_backbone::load_model_dir::<B::InnerBackend>(&args.input.model, device)
-        .with_context(|| format!("loading model {}", args.input.model.display()))?;
+    let dir = args.input.model_dir("lora")?;
+    let m = pema_backbone::load_model_dir::<B::InnerBackend>(dir, device)
+        .with_context(|| format!("loading model {}", dir.display()))?;
     let template = PromptTemplate::resolve(&args.input.template)
         .with_context(|| format!("reading the template {}", args.input.template))?;
     let summary = pema_pipeline::lora::train_lora::<B>(

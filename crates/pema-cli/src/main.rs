@@ -7,6 +7,7 @@ mod head_args;
 mod knn_cmd;
 mod lora_cmd;
 mod memory_cmd;
+mod remote;
 mod score;
 mod serve_args;
 mod train_cmd;
@@ -51,6 +52,9 @@ enum Command {
     KnnTune(knn_cmd::KnnTuneArgs),
     /// Choose PEMA's λmax on a dev memory (NLL of the mixture, no decoding).
     TuneLambda(train_cmd::TuneLambdaArgs),
+    /// Serve the PLM to data owners (the PLM owner's side): `decode`, `memory build` and
+    /// `export-head` then take `--plm URL` instead of `--model`.
+    Serve(remote::ServeCmdArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,8 +104,14 @@ struct TrainCli {
 #[derive(Debug, clap::Args)]
 struct ExportHeadArgs {
     /// Model directory.
+    #[arg(long, required_unless_present = "plm", conflicts_with = "plm")]
+    model: Option<PathBuf>,
+    /// Or fetch the head from the PLM owner's service (`pema serve`).
     #[arg(long)]
-    model: PathBuf,
+    plm: Option<String>,
+    /// File holding the bearer token for `--plm` (default: `PEMA_TOKEN`).
+    #[arg(long, requires = "plm")]
+    plm_token_file: Option<PathBuf>,
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
@@ -170,12 +180,17 @@ impl BackendTask for &TrainCli {
 impl BackendTask for &decode_cmd::DecodeArgs {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let mut m = load::<B::InnerBackend>(&self.input.model, &device)?;
-        if let Some(dir) = &self.lora {
-            m.model = pema_lora::load_merged(&m, dir, &device)
-                .with_context(|| format!("loading LoRA weights {}", dir.display()))?;
-        }
-        let summary = decode_cmd::run::<B::InnerBackend>(self, &m, &device)?;
+        let summary = match &self.input.plm {
+            Some(url) => decode_cmd::run_remote::<B::InnerBackend>(self, url, &device)?,
+            None => {
+                let mut m = load::<B::InnerBackend>(self.input.model_dir("decode")?, &device)?;
+                if let Some(dir) = &self.lora {
+                    m.model = pema_lora::load_merged(&m, dir, &device)
+                        .with_context(|| format!("loading LoRA weights {}", dir.display()))?;
+                }
+                decode_cmd::run::<B::InnerBackend>(self, &m, &device)?
+            }
+        };
         if let Some(path) = &self.summary {
             pema_pipeline::summary::write_json_line(path, &summary)?;
         }
@@ -201,15 +216,32 @@ impl BackendTask for &train_cmd::TuneLambdaArgs {
 impl BackendTask for &ExportHeadArgs {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let m = load::<B::InnerBackend>(&self.model, &device)?;
-        m.model.head.save(&self.out)?;
+        let head = match (&self.plm, &self.model) {
+            (Some(url), _) => {
+                let token = remote::token(self.plm_token_file.as_deref())?;
+                pema_offsite::RemotePlm::<B::InnerBackend>::connect(url, &token, &device)
+                    .with_context(|| format!("connecting to the PLM service {url}"))?
+                    .head()
+                    .clone()
+            }
+            (None, Some(dir)) => load::<B::InnerBackend>(dir, &device)?.model.head,
+            (None, None) => anyhow::bail!("give --model or --plm"),
+        };
+        head.save(&self.out)?;
         eprintln!(
             "head of {} written to {} (fingerprint {})",
-            m.model.config.name,
+            head.model,
             self.out.display(),
-            m.model.head.fingerprint
+            head.fingerprint
         );
         Ok(())
+    }
+}
+
+impl BackendTask for &remote::ServeCmdArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        remote::serve::<B::InnerBackend>(self, &device)
     }
 }
 
@@ -218,7 +250,11 @@ struct MemoryBuild<'a>(&'a memory_cmd::BuildArgs);
 impl BackendTask for MemoryBuild<'_> {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let m = load::<B::InnerBackend>(&self.0.input.model, &device)?;
+        if let Some(url) = &self.0.input.plm {
+            return memory_cmd::build_remote::<B::InnerBackend>(self.0, url, &device);
+        }
+        let model_dir = self.0.input.model_dir("memory build")?;
+        let m = load::<B::InnerBackend>(model_dir, &device)?;
         let info = pema_memory::ModelInfo {
             name: m.model.config.name.clone(),
             weights_sha256: m.weights_sha256.clone(),
@@ -228,7 +264,7 @@ impl BackendTask for MemoryBuild<'_> {
         let template = pema_memory::PromptTemplate::resolve(&self.0.input.template)?;
         let (engine, _) = serve_args::engine(
             &m.model,
-            Some(self.0.input.model.as_path()),
+            Some(model_dir),
             &m.tokenizer,
             &template,
             &self.0.serve.options(self.0.batch_size, true),
@@ -255,5 +291,6 @@ fn main() -> Result<()> {
         Command::KnnTune(a) => dispatch(a.device, a),
         Command::Lora(a) => dispatch(a.device, a),
         Command::TuneLambda(a) => dispatch(a.device, a),
+        Command::Serve(a) => dispatch(a.device, a),
     }
 }

@@ -64,6 +64,10 @@ pub struct BuildArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// With `--plm` and `--mode teacher`: accept that teacher forcing sends the training
+    /// targets to the PLM owner (free-running, the default, never does).
+    #[arg(long, requires = "plm")]
+    pub disclose_targets: bool,
 }
 
 impl BuildArgs {
@@ -181,6 +185,35 @@ where
         summary.seconds
     );
     Ok(summary)
+}
+
+/// Runs `pema memory build` through the PLM owner's service at `url` (`--plm`).
+pub fn build_remote<B: Backend>(args: &BuildArgs, url: &str, device: &B::Device) -> Result<()> {
+    if args.mode == ModeArg::Teacher && !args.disclose_targets {
+        bail!(
+            "--mode teacher with --plm sends the training targets to the PLM owner: pass --disclose-targets to accept that, or build free-running (the paper's mode)"
+        );
+    }
+    let (plm, tok) = crate::remote::connect::<B>(
+        &args.input,
+        url,
+        args.batch_size,
+        !args.serve.no_shared_prefix,
+        device,
+    )?;
+    let plm = if args.disclose_targets {
+        plm.disclose_targets()
+    } else {
+        plm
+    };
+    let info = plm.info();
+    let model = ModelInfo {
+        name: info.model.clone(),
+        weights_sha256: info.weights_sha256.clone(),
+        hidden_size: info.hidden_size,
+        state: pema_memory::KeyState::pre_final_norm(info.n_layers.saturating_sub(1)),
+    };
+    build::<B, _, _>(args, &plm, &tok, &model).map(|_| ())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use burn::tensor::backend::Backend;
 use pema_adapter::PemaLogits;
-use pema_backbone::{Engine, GenerateOptions, Greedy, PemaTokenizer, Plm};
+use pema_backbone::{GenerateOptions, Greedy, PemaTokenizer, Plm};
 use pema_memory::{ExactKnn, Pair, PromptTemplate};
 use pema_schedule::{
     KnnLmParams, KnnLmPolicy, LengthSpec, OracleLengths, PemaPolicy, Schedule, StandardizedSource,
@@ -78,9 +78,10 @@ pub struct Decoded {
     pub uses_reference: bool,
 }
 
-/// Decodes `req` with `engine` (continuous batching up to its batch size).
+/// Decodes `req` with `plm`: an in-process [`pema_backbone::Engine`] (continuous batching
+/// up to its batch size) or a PLM served elsewhere.
 pub fn decode_pairs<B: Backend>(
-    engine: &Engine<'_, B>,
+    plm: &dyn Plm<B>,
     tok: &PemaTokenizer,
     req: &DecodeRequest<'_>,
     method: DecodeMethod<'_, B>,
@@ -118,14 +119,14 @@ pub fn decode_pairs<B: Backend>(
         Vec::new()
     } else {
         match method {
-            DecodeMethod::Plm => engine.generate(&prompts, &opts, &mut Greedy)?,
+            DecodeMethod::Plm => plm.generate(&prompts, &opts, &mut Greedy)?,
             DecodeMethod::KnnLm {
                 index,
                 keys,
                 params,
             } => {
                 let mut policy = KnnLmPolicy::new(index, keys, params)?;
-                engine.generate(&prompts, &opts, &mut policy)?
+                plm.generate(&prompts, &opts, &mut policy)?
             }
             DecodeMethod::Pema {
                 logits,
@@ -136,7 +137,7 @@ pub fn decode_pairs<B: Backend>(
                 if trace {
                     policy = policy.with_traces(0);
                 }
-                let out = engine.generate(&prompts, &opts, &mut policy)?;
+                let out = plm.generate(&prompts, &opts, &mut policy)?;
                 traces = policy.take_traces();
                 // Rows of a step come in batch order; keep sequence after sequence.
                 traces.sort_by_key(|t| (t.seq, t.step));

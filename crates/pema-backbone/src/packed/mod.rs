@@ -88,6 +88,11 @@ impl PackedMatrix {
         self.data.len()
     }
 
+    /// The GGUF blocks, row after row (what [`PackedMatrix::new`] takes back).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
     /// `x · Wᵀ` for `x: [n, cols]` row-major → `[n, rows]`, with `simd` (falls back to scalar
     /// when the CPU lacks it).
     pub fn matmul(&self, x: &[f32], n: usize, simd: Simd) -> Vec<f32> {
@@ -290,6 +295,16 @@ impl PackedModel {
             head,
             simd: None,
         })
+    }
+
+    /// Only a packed LM head (what a data owner receives to compute P_LM from f(c) exactly as
+    /// the PLM owner's engine does).
+    pub fn head_only(head: PackedMatrix) -> Self {
+        Self {
+            linears: HashMap::new(),
+            head: Some(head),
+            simd: None,
+        }
     }
 
     /// Forces a kernel (tests, measurements); by default the best the CPU has.

@@ -1,0 +1,172 @@
+//! The data owner's connection to a PLM owner's `pema serve` (`--plm URL`), and
+//! `pema serve` itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use pema_memory::PromptTemplate;
+use pema_offsite::{Limits, RemotePlm, ServeConfig, Served};
+
+use crate::args::TaskInput;
+
+/// The environment variable holding a bearer token (client and server).
+pub const TOKEN_ENV: &str = "PEMA_TOKEN";
+
+/// Reads the bearer token: the first line of `file`, else `PEMA_TOKEN`. Never from the
+/// command line (it would show in process listings and shell history).
+pub fn token(file: Option<&Path>) -> Result<String> {
+    let t = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        None => std::env::var(TOKEN_ENV)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    if t.is_empty() {
+        bail!("no access token: give a token file or set {TOKEN_ENV}");
+    }
+    Ok(t)
+}
+
+/// Connects to `--plm` (batch and shared prefix as the in-process engine would use them).
+pub fn connect<B: Backend>(
+    input: &TaskInput,
+    url: &str,
+    batch: usize,
+    shared_prefix: bool,
+    device: &B::Device,
+) -> Result<(RemotePlm<B>, pema_backbone::PemaTokenizer)> {
+    let token = token(input.plm_token_file.as_deref())?;
+    let plm = RemotePlm::<B>::connect(url, &token, device)
+        .with_context(|| format!("connecting to the PLM service {url}"))?
+        .with_batch(batch);
+    let tok = plm.tokenizer()?;
+    let plm = if shared_prefix {
+        let template = PromptTemplate::resolve(&input.template)?;
+        plm.with_shared_prefix(pema_pipeline::serve::template_prefix(&tok, &template)?)
+    } else {
+        plm
+    };
+    eprintln!(
+        "PLM service {url}: {} (d {}, vocab {}, {} kernels)",
+        plm.info().model,
+        plm.info().hidden_size,
+        plm.info().vocab_size,
+        plm.info().kernels
+    );
+    Ok((plm, tok))
+}
+
+/// Arguments of `pema serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeCmdArgs {
+    /// Model directory (the PLM owner's weights; they never leave this process).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// File holding the accepted bearer token(s), one per line (default: `PEMA_TOKEN`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CPU weights (`packed`: the GGUF's quantised blocks; `f32`: the dequantised reference).
+    /// Clients reproduce an in-process run exactly when it used the same weights.
+    #[arg(long, value_enum, default_value_t = crate::args::WeightsArg::Packed)]
+    pub weights: crate::args::WeightsArg,
+    /// Most sessions open at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Most rows (sequence steps, all clients together) in one forward.
+    #[arg(long, default_value_t = 256)]
+    pub max_rows: usize,
+    /// Seconds a session may wait for its client before it is dropped.
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_timeout_s: f64,
+    /// Device.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: crate::backend::DeviceArg,
+}
+
+impl ServeCmdArgs {
+    /// The accepted tokens: every non-empty line of the token file, else `PEMA_TOKEN`.
+    fn tokens(&self) -> Result<Vec<String>> {
+        match &self.token_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the token file {}", f.display()))?;
+                let t: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect();
+                if t.is_empty() {
+                    bail!("the token file {} holds no token", f.display());
+                }
+                Ok(t)
+            }
+            None => Ok(vec![token(None)?]),
+        }
+    }
+}
+
+/// Runs `pema serve` until Ctrl-C / SIGTERM, then drains the open sessions.
+pub fn serve<B: Backend>(args: &ServeCmdArgs, device: &B::Device) -> Result<()> {
+    let tokens = args.tokens()?;
+    let m = pema_backbone::load_model_dir::<B>(&args.model, device)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
+    let options = pema_pipeline::ServeOptions {
+        weights: Some(args.weights.cpu_weights()),
+        shared_prefix: false,
+        max_batch: 1,
+        on_cpu,
+    };
+    let (engine, _) = crate::serve_args::engine(
+        &m.model,
+        Some(&args.model),
+        &m.tokenizer,
+        &PromptTemplate::mt(),
+        &options,
+        args.weights.cpu_weights(),
+    )?;
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let config = ServeConfig {
+        tokens,
+        limits: Limits {
+            max_sessions: args.max_sessions,
+            max_rows_per_forward: args.max_rows,
+            ..Limits::default()
+        },
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout_s.max(0.1)),
+        ..ServeConfig::default()
+    };
+    eprintln!(
+        "pema serve: {} ({} kernels) on http://{} — Ctrl-C drains and stops",
+        m.model.config.name,
+        engine.kernels_name(),
+        listener.local_addr()?
+    );
+    let served = Served {
+        engine: &engine,
+        tokenizer: &m.tokenizer,
+        weights_sha256: m.weights_sha256.clone(),
+    };
+    let stats = pema_offsite::serve(
+        &served,
+        &config,
+        listener,
+        pema_offsite::server::shutdown_signal(),
+    )?;
+    eprintln!("pema serve: stopped; {}", serde_json::to_string(&stats)?);
+    Ok(())
+}
