@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use pema_adapter::{PemaAdapter, PemaLogits};
 use pema_backbone::{LmHead, LoadedModel, PemaTokenizer, Plm};
-use pema_memory::{PairsFile, PromptTemplate};
+use pema_memory::{Pair, PairsFile, PromptTemplate};
 use pema_pipeline::decode::DEFAULT_LENGTH_RATIO;
 use pema_pipeline::summary::write_lines;
 use pema_pipeline::{CpuWeights, DecodeMethod, DecodeRequest, DecodeSummary, knn};
@@ -106,10 +106,12 @@ fn parse_length(s: &str) -> Result<LengthSpec, String> {
         .map_err(|e: pema_schedule::ScheduleError| e.to_string())
 }
 
-/// Runs `pema decode` on a loaded model (LoRA already merged when `--lora` is given).
+/// Runs `pema decode` on a loaded model (LoRA already merged when `--lora` is given); with
+/// `one`, decodes only that pair and prints its hypothesis (`pema generate --source`).
 pub fn run<B: Backend>(
     args: &DecodeArgs,
     m: &LoadedModel<B>,
+    one: Option<&Pair>,
     device: &B::Device,
 ) -> Result<DecodeSummary> {
     let template = PromptTemplate::resolve(&args.input.template)?;
@@ -134,13 +136,14 @@ pub fn run<B: Backend>(
         head: &m.model.head,
         kernels: engine.kernels_name(),
     };
-    decode_with(args, &plm, start.elapsed(), device)
+    decode_with(args, &plm, one, start.elapsed(), device)
 }
 
-/// Runs `pema decode` against the PLM owner's service at `url` (`--plm`).
+/// Runs `pema decode` against the PLM owner's service at `url` (`--plm`); `one` as in [`run`].
 pub fn run_remote<B: Backend>(
     args: &DecodeArgs,
     url: &str,
+    one: Option<&Pair>,
     device: &B::Device,
 ) -> Result<DecodeSummary> {
     if args.lora.is_some() {
@@ -165,28 +168,78 @@ pub fn run_remote<B: Backend>(
         head: plm.head(),
         kernels: "remote",
     };
-    decode_with(args, &source, start.elapsed(), device)
+    decode_with(args, &source, one, start.elapsed(), device)
 }
 
 /// Where the PLM runs, its tokenizer and the frozen head.
-struct Source<'a, B: Backend> {
-    plm: &'a dyn Plm<B>,
-    tokenizer: &'a PemaTokenizer,
-    head: &'a LmHead<B>,
-    kernels: &'static str,
+pub struct Source<'a, B: Backend> {
+    /// The PLM (an in-process engine or a remote one).
+    pub plm: &'a dyn Plm<B>,
+    /// Its tokenizer.
+    pub tokenizer: &'a PemaTokenizer,
+    /// The frozen head (final norm + W_hd).
+    pub head: &'a LmHead<B>,
+    /// What runs it, for the log line.
+    pub kernels: &'static str,
 }
 
 /// Decodes with `source`; the summary's time is `setup` (engine or connection) plus decoding.
 fn decode_with<B: Backend>(
     args: &DecodeArgs,
     source: &Source<'_, B>,
+    one: Option<&Pair>,
     setup: std::time::Duration,
     device: &B::Device,
 ) -> Result<DecodeSummary> {
+    if let Some(pair) = one {
+        let (decoded, name, took) = decode_some(args, source, std::slice::from_ref(pair), device)?;
+        println!("{}", decoded.hypotheses.join("\n"));
+        let seconds = (setup + took).as_secs_f64();
+        return Ok(DecodeSummary {
+            sequences: 1,
+            tokens: decoded.tokens,
+            seconds,
+            tokens_per_s: decoded.tokens as f64 / seconds.max(1e-9),
+            uses_reference: decoded.uses_reference,
+            method: name,
+        });
+    }
     let pairs = PairsFile::read(&args.input.pairs)?;
-    let template = PromptTemplate::resolve(&args.input.template)?;
     let n = args.limit.unwrap_or(pairs.len()).min(pairs.len());
     let pairs = &pairs.pairs[..n];
+    let (decoded, name, took) = decode_some(args, source, pairs, device)?;
+    eprintln!(
+        "decoded {}/{n} ({})",
+        decoded.hypotheses.len(),
+        source.kernels
+    );
+    let seconds = (setup + took).as_secs_f64();
+    write_lines(&args.out, &decoded.hypotheses)?;
+    if let Some(path) = &args.refs_out {
+        write_lines(path, pairs.iter().map(|p| p.target.replace('\n', " ")))?;
+    }
+    if let Some(path) = &args.trace {
+        pema_schedule::write_traces_jsonl(path, &decoded.traces)?;
+    }
+    Ok(DecodeSummary {
+        sequences: n,
+        tokens: decoded.tokens,
+        seconds,
+        tokens_per_s: decoded.tokens as f64 / seconds.max(1e-9),
+        uses_reference: decoded.uses_reference,
+        method: name,
+    })
+}
+
+/// Decodes `pairs` with the method `args` describe (PLM, PEMA, kNN-LM); returns the outcome,
+/// the method's name and the time decoding took (loading the adapter or datastore excluded).
+pub fn decode_some<B: Backend>(
+    args: &DecodeArgs,
+    source: &Source<'_, B>,
+    pairs: &[Pair],
+    device: &B::Device,
+) -> Result<(pema_pipeline::Decoded, String, std::time::Duration)> {
+    let template = PromptTemplate::resolve(&args.input.template)?;
     let head = args.head.fused(source.head)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(
@@ -242,25 +295,5 @@ fn decode_with<B: Backend>(
     };
     let start = Instant::now();
     let decoded = pema_pipeline::decode_pairs(source.plm, source.tokenizer, &request, method)?;
-    eprintln!(
-        "decoded {}/{n} ({})",
-        decoded.hypotheses.len(),
-        source.kernels
-    );
-    let seconds = (setup + start.elapsed()).as_secs_f64();
-    write_lines(&args.out, &decoded.hypotheses)?;
-    if let Some(path) = &args.refs_out {
-        write_lines(path, pairs.iter().map(|p| p.target.replace('\n', " ")))?;
-    }
-    if let Some(path) = &args.trace {
-        pema_schedule::write_traces_jsonl(path, &decoded.traces)?;
-    }
-    Ok(DecodeSummary {
-        sequences: n,
-        tokens: decoded.tokens,
-        seconds,
-        tokens_per_s: decoded.tokens as f64 / seconds.max(1e-9),
-        uses_reference: decoded.uses_reference,
-        method: name,
-    })
+    Ok((decoded, name, start.elapsed()))
 }

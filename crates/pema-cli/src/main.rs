@@ -60,12 +60,34 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct GenerateArgs {
     /// Model directory (`model.gguf` + `tokenizer.json`, or HF layout).
+    #[arg(long, required_unless_present = "plm", conflicts_with = "plm")]
+    model: Option<PathBuf>,
+    /// Or the PLM owner's service (`pema serve`); token from `--plm-token-file` or PEMA_TOKEN.
     #[arg(long)]
-    model: PathBuf,
-    /// Prompt text (`\n` escapes are expanded).
+    plm: Option<String>,
+    /// File holding the bearer token for `--plm`.
+    #[arg(long, requires = "plm")]
+    plm_token_file: Option<PathBuf>,
+    /// Prompt text (`\n` escapes are expanded), continued greedily by the PLM.
+    #[arg(long, required_unless_present = "source", conflicts_with = "source")]
+    prompt: Option<String>,
+    /// Or one source sentence, put into `--template` and decoded exactly as `pema decode`
+    /// decodes a pairs file (the PLM, or PEMA with `--adapter`; the paper's stopping rule).
     #[arg(long)]
-    prompt: String,
-    /// Maximum number of new tokens.
+    source: Option<String>,
+    /// Prompt template for `--source`: `mt`, `formality` or a file with `{source}`.
+    #[arg(long, default_value = "mt", requires = "source")]
+    template: String,
+    /// PEMA adapter directory (with `--source`).
+    #[arg(long, requires = "source")]
+    adapter: Option<PathBuf>,
+    /// λ schedule with `--adapter`: `gu` (Gradual Unrolling) or `constant`.
+    #[arg(long, value_enum, default_value_t = decode_cmd::ScheduleArg::Gu)]
+    schedule: decode_cmd::ScheduleArg,
+    /// λmax with `--adapter`.
+    #[arg(long, default_value_t = 0.9)]
+    lambda_max: f64,
+    /// Maximum number of new tokens (with `--prompt`).
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// Stop at the end of the line (the paper's stopping rule) instead of only at EOS.
@@ -74,6 +96,44 @@ struct GenerateArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
+}
+
+impl GenerateArgs {
+    /// The `pema decode` arguments that decode `--source` the same way (its defaults).
+    fn decode_args(&self) -> Result<decode_cmd::DecodeArgs> {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            d: decode_cmd::DecodeArgs,
+        }
+        let mut argv: Vec<String> = ["generate", "--pairs", "-", "--out", "-", "--template"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.push(self.template.clone());
+        let schedule = match self.schedule {
+            decode_cmd::ScheduleArg::Gu => "gu",
+            decode_cmd::ScheduleArg::Constant => "constant",
+        };
+        argv.extend(["--schedule".into(), schedule.into()]);
+        argv.extend(["--lambda-max".into(), self.lambda_max.to_string()]);
+        argv.extend(["--batch-size".into(), "1".into()]);
+        let path = |p: &PathBuf| p.to_string_lossy().to_string();
+        if let Some(m) = &self.model {
+            argv.extend(["--model".into(), path(m)]);
+        }
+        if let Some(u) = &self.plm {
+            argv.extend(["--plm".into(), u.clone()]);
+        }
+        if let Some(f) = &self.plm_token_file {
+            argv.extend(["--plm-token-file".into(), path(f)]);
+        }
+        if let Some(a) = &self.adapter {
+            argv.extend(["--adapter".into(), path(a)]);
+        }
+        use clap::Parser;
+        Ok(Wrap::try_parse_from(argv)?.d)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,17 +188,52 @@ fn unescape(s: &str) -> String {
 impl BackendTask for &GenerateArgs {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let m = load::<B::InnerBackend>(&self.model, &device)?;
-        let prompt = m.tokenizer.encode_prompt(&unescape(&self.prompt))?;
-        let stop = if self.stop_at_newline {
-            m.tokenizer.stop_ids()
-        } else {
-            m.tokenizer.eos_ids().to_vec()
+        if let Some(source) = &self.source {
+            let args = self.decode_args()?;
+            let pair = pema_memory::Pair {
+                source: source.clone(),
+                target: String::new(),
+                line: 1,
+            };
+            let s = match &self.plm {
+                Some(url) => {
+                    decode_cmd::run_remote::<B::InnerBackend>(&args, url, Some(&pair), &device)?
+                }
+                None => {
+                    let m = load::<B::InnerBackend>(args.input.model_dir("generate")?, &device)?;
+                    decode_cmd::run::<B::InnerBackend>(&args, &m, Some(&pair), &device)?
+                }
+            };
+            eprintln!("{}", pema_pipeline::summary::to_json_line(&s)?);
+            return Ok(());
+        }
+        let text = unescape(self.prompt.as_deref().unwrap_or(""));
+        let run = |plm: &dyn Plm<B::InnerBackend>, tok: &pema_backbone::PemaTokenizer| {
+            let prompt = tok.encode_prompt(&text)?;
+            let stop = if self.stop_at_newline {
+                tok.stop_ids()
+            } else {
+                tok.eos_ids().to_vec()
+            };
+            let opts = GenerateOptions::uniform(self.max_tokens, stop);
+            let out = plm.generate(&[prompt], &opts, &mut Greedy)?;
+            println!("{}", tok.decode(&out[0])?);
+            anyhow::Ok(())
         };
-        let opts = GenerateOptions::uniform(self.max_tokens, stop);
-        let out = m.model.generate(&[prompt], &opts, &mut Greedy)?;
-        println!("{}", m.tokenizer.decode(&out[0])?);
-        Ok(())
+        match (&self.plm, &self.model) {
+            (Some(url), _) => {
+                let token = remote::token(self.plm_token_file.as_deref())?;
+                let plm = pema_offsite::RemotePlm::<B::InnerBackend>::connect(url, &token, &device)
+                    .with_context(|| format!("connecting to the PLM service {url}"))?;
+                let tok = plm.tokenizer()?;
+                run(&plm, &tok)
+            }
+            (None, Some(dir)) => {
+                let m = load::<B::InnerBackend>(dir, &device)?;
+                run(&m.model, &m.tokenizer)
+            }
+            (None, None) => anyhow::bail!("give --model or --plm"),
+        }
     }
 }
 
@@ -181,14 +276,14 @@ impl BackendTask for &decode_cmd::DecodeArgs {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let summary = match &self.input.plm {
-            Some(url) => decode_cmd::run_remote::<B::InnerBackend>(self, url, &device)?,
+            Some(url) => decode_cmd::run_remote::<B::InnerBackend>(self, url, None, &device)?,
             None => {
                 let mut m = load::<B::InnerBackend>(self.input.model_dir("decode")?, &device)?;
                 if let Some(dir) = &self.lora {
                     m.model = pema_lora::load_merged(&m, dir, &device)
                         .with_context(|| format!("loading LoRA weights {}", dir.display()))?;
                 }
-                decode_cmd::run::<B::InnerBackend>(self, &m, &device)?
+                decode_cmd::run::<B::InnerBackend>(self, &m, None, &device)?
             }
         };
         if let Some(path) = &self.summary {

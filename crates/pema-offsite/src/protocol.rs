@@ -494,3 +494,116 @@ impl Reader<'_> {
             .map_err(|_| ProtocolError::Invalid(format!("{what} is not UTF-8")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Round trips, and every truncation or corruption of a valid message is an error, never a
+    //! panic or a huge allocation.
+
+    use super::*;
+
+    fn samples() -> Vec<Vec<u8>> {
+        vec![
+            OpenSession {
+                batch: 4,
+                shared_prefix: vec![1, 2, 3],
+                max_new_tokens: vec![5, 6],
+                stop_tokens: vec![9],
+                prompts: vec![vec![1, 2], vec![3, 4, 5]],
+            }
+            .encode(),
+            StepReply {
+                session: 7,
+                seqs: vec![0, 1],
+                steps: vec![3, 0],
+                hidden: 2,
+                context: vec![0.5, -1.0, 2.0, f32::MIN_POSITIVE],
+            }
+            .encode(),
+            Tokens(vec![4, 5]).encode(),
+            TeacherForced {
+                prompts: vec![vec![1]],
+                continuations: vec![vec![2, 3]],
+            }
+            .encode(),
+            Contexts {
+                hidden: 2,
+                lens: vec![1, 2],
+                data: vec![1.0; 6],
+            }
+            .encode(),
+            HeadMessage {
+                model: "m".into(),
+                eps: 1e-6,
+                vocab: 3,
+                fingerprint: "ab".into(),
+                norm: vec![1.0, 2.0],
+                weight: vec![0.25; 6],
+                packed: Some(PackedHead {
+                    ggml_type: 8,
+                    rows: 3,
+                    cols: 32,
+                    data: vec![7; 102],
+                }),
+            }
+            .encode(),
+        ]
+    }
+
+    fn decode_any(b: &[u8]) -> Vec<bool> {
+        vec![
+            OpenSession::decode(b).is_ok(),
+            StepReply::decode(b).is_ok(),
+            Tokens::decode(b).is_ok(),
+            TeacherForced::decode(b).is_ok(),
+            Contexts::decode(b).is_ok(),
+            HeadMessage::decode(b).is_ok(),
+        ]
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = samples();
+        let open = OpenSession::decode(&s[0]).expect("open");
+        assert_eq!(open.prompts, vec![vec![1, 2], vec![3, 4, 5]]);
+        let step = StepReply::decode(&s[1]).expect("step");
+        assert_eq!(step.context[3], f32::MIN_POSITIVE);
+        assert_eq!(Tokens::decode(&s[2]).expect("tokens").0, vec![4, 5]);
+        assert_eq!(
+            TeacherForced::decode(&s[3]).expect("tf").continuations,
+            vec![vec![2, 3]]
+        );
+        assert_eq!(Contexts::decode(&s[4]).expect("ctx").lens, vec![1, 2]);
+        let h = HeadMessage::decode(&s[5]).expect("head");
+        assert_eq!(h.packed.expect("packed").data.len(), 102);
+        // Each message decodes as its own kind only.
+        for (i, b) in s.iter().enumerate() {
+            let ok = decode_any(b);
+            assert_eq!(ok.iter().filter(|&&x| x).count(), 1, "message {i}");
+            assert!(ok[i]);
+        }
+    }
+
+    #[test]
+    fn truncated_extended_or_corrupted_messages_are_errors() {
+        for b in samples() {
+            for n in 0..b.len() {
+                assert!(decode_any(&b[..n]).iter().all(|&ok| !ok), "prefix {n}");
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(decode_any(&longer).iter().all(|&ok| !ok));
+            // Every byte flipped to 0xFF: never a panic (counts become huge).
+            for i in 0..b.len() {
+                let mut c = b.clone();
+                c[i] = 0xFF;
+                let _ = decode_any(&c);
+            }
+        }
+        let e = Tokens::decode(b"PEMA\x02\x03").expect_err("version");
+        assert!(e.to_string().contains("version 2"), "{e}");
+        let e = Tokens::decode(&StepReply::decode(b"x").map(|_| vec![]).unwrap_or_default())
+            .expect_err("empty");
+        assert!(matches!(e, ProtocolError::Header(_)));
+    }
+}

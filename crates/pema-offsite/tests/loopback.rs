@@ -487,3 +487,60 @@ fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(stats.sessions_expired, 2);
     assert_eq!(stats.sessions_finished, 1);
 }
+
+#[test]
+fn shutdown_lets_open_sessions_finish_and_refuses_new_ones() {
+    let m = model();
+    let server_engine = engine(&m);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tok = tokenizer();
+    let served = Served {
+        engine: &server_engine,
+        tokenizer: &tok,
+        weights_sha256: "ab".repeat(32),
+    };
+    let open = OpenSession {
+        batch: 1,
+        max_new_tokens: vec![4],
+        prompts: vec![vec![1, 5, 6]],
+        ..OpenSession::default()
+    }
+    .encode();
+    let stats = std::thread::scope(|s| {
+        let client = s.spawn(move || {
+            let (status, body) = raw(&url, "POST", "/v1/sessions", TOKEN, &open);
+            assert_eq!(status, 200);
+            let mut step = pema_offsite::protocol::StepReply::decode(&body).expect("step");
+            stop.send(()).expect("shutdown");
+            std::thread::sleep(Duration::from_millis(300));
+            let (status, body) = raw(&url, "POST", "/v1/sessions", TOKEN, &open);
+            assert_eq!(status, 503);
+            assert!(String::from_utf8_lossy(&body).contains("shutting down"));
+            let mut n = 0;
+            while !step.is_done() {
+                let path = format!("/v1/sessions/{}/tokens", step.session);
+                let (status, body) = raw(&url, "POST", &path, TOKEN, &Tokens(vec![7]).encode());
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                step = pema_offsite::protocol::StepReply::decode(&body).expect("step");
+                n += 1;
+            }
+            assert_eq!(
+                n, 4,
+                "the open session ran to its end after the shutdown request"
+            );
+        });
+        let cfg = ServeConfig {
+            idle_timeout: Duration::from_secs(5),
+            ..config()
+        };
+        let stats = serve(&served, &cfg, listener, async move {
+            let _ = stopped.await;
+        })
+        .expect("serve");
+        client.join().expect("client");
+        stats
+    });
+    assert_eq!(stats.sessions_finished, 1);
+}
