@@ -17,6 +17,9 @@ pub struct TaskInput {
     /// File holding the bearer token for `--plm` (default: the `PEMA_TOKEN` variable).
     #[arg(long, requires = "plm")]
     pub plm_token_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for an `https://` `--plm` (default: the web's roots).
+    #[arg(long, requires = "plm")]
+    pub plm_ca: Option<PathBuf>,
     /// Pairs file: JSON lines with `source`/`target` (or the paper's `en`/`du`), or TSV.
     #[arg(long)]
     pub pairs: PathBuf,

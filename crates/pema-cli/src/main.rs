@@ -68,6 +68,9 @@ struct GenerateArgs {
     /// File holding the bearer token for `--plm`.
     #[arg(long, requires = "plm")]
     plm_token_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for an `https://` `--plm`.
+    #[arg(long, requires = "plm")]
+    plm_ca: Option<PathBuf>,
     /// Prompt text (`\n` escapes are expanded), continued greedily by the PLM.
     #[arg(long, required_unless_present = "source", conflicts_with = "source")]
     prompt: Option<String>,
@@ -128,6 +131,9 @@ impl GenerateArgs {
         if let Some(f) = &self.plm_token_file {
             argv.extend(["--plm-token-file".into(), path(f)]);
         }
+        if let Some(f) = &self.plm_ca {
+            argv.extend(["--plm-ca".into(), path(f)]);
+        }
         if let Some(a) = &self.adapter {
             argv.extend(["--adapter".into(), path(a)]);
         }
@@ -172,6 +178,9 @@ struct ExportHeadArgs {
     /// File holding the bearer token for `--plm` (default: `PEMA_TOKEN`).
     #[arg(long, requires = "plm")]
     plm_token_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for an `https://` `--plm`.
+    #[arg(long, requires = "plm")]
+    plm_ca: Option<PathBuf>,
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
@@ -222,9 +231,12 @@ impl BackendTask for &GenerateArgs {
         };
         match (&self.plm, &self.model) {
             (Some(url), _) => {
-                let token = remote::token(self.plm_token_file.as_deref())?;
-                let plm = pema_offsite::RemotePlm::<B::InnerBackend>::connect(url, &token, &device)
-                    .with_context(|| format!("connecting to the PLM service {url}"))?;
+                let plm = remote::connect_plm::<B::InnerBackend>(
+                    url,
+                    self.plm_token_file.as_deref(),
+                    self.plm_ca.as_deref(),
+                    &device,
+                )?;
                 let tok = plm.tokenizer()?;
                 run(&plm, &tok)
             }
@@ -312,13 +324,14 @@ impl BackendTask for &ExportHeadArgs {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let head = match (&self.plm, &self.model) {
-            (Some(url), _) => {
-                let token = remote::token(self.plm_token_file.as_deref())?;
-                pema_offsite::RemotePlm::<B::InnerBackend>::connect(url, &token, &device)
-                    .with_context(|| format!("connecting to the PLM service {url}"))?
-                    .head()
-                    .clone()
-            }
+            (Some(url), _) => remote::connect_plm::<B::InnerBackend>(
+                url,
+                self.plm_token_file.as_deref(),
+                self.plm_ca.as_deref(),
+                &device,
+            )?
+            .head()
+            .clone(),
             (None, Some(dir)) => load::<B::InnerBackend>(dir, &device)?.model.head,
             (None, None) => anyhow::bail!("give --model or --plm"),
         };

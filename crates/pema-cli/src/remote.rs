@@ -36,6 +36,20 @@ pub fn token(file: Option<&Path>) -> Result<String> {
     Ok(t)
 }
 
+/// Connects to the service at `url` with the token of `token_file` (else `PEMA_TOKEN`),
+/// trusting the CA in `ca` for `https://` when given.
+pub fn connect_plm<B: Backend>(
+    url: &str,
+    token_file: Option<&Path>,
+    ca: Option<&Path>,
+    device: &B::Device,
+) -> Result<RemotePlm<B>> {
+    let token = token(token_file)?;
+    let tls = ca.map(pema_offsite::tls::client_config).transpose()?;
+    RemotePlm::<B>::connect_with(url, &token, tls, device)
+        .with_context(|| format!("connecting to the PLM service {url}"))
+}
+
 /// Connects to `--plm` (batch and shared prefix as the in-process engine would use them).
 pub fn connect<B: Backend>(
     input: &TaskInput,
@@ -44,10 +58,13 @@ pub fn connect<B: Backend>(
     shared_prefix: bool,
     device: &B::Device,
 ) -> Result<(RemotePlm<B>, pema_backbone::PemaTokenizer)> {
-    let token = token(input.plm_token_file.as_deref())?;
-    let plm = RemotePlm::<B>::connect(url, &token, device)
-        .with_context(|| format!("connecting to the PLM service {url}"))?
-        .with_batch(batch);
+    let plm = connect_plm::<B>(
+        url,
+        input.plm_token_file.as_deref(),
+        input.plm_ca.as_deref(),
+        device,
+    )?
+    .with_batch(batch);
     let tok = plm.tokenizer()?;
     let plm = if shared_prefix {
         let template = PromptTemplate::resolve(&input.template)?;
@@ -90,6 +107,12 @@ pub struct ServeCmdArgs {
     /// Seconds a session may wait for its client before it is dropped.
     #[arg(long, default_value_t = 60.0)]
     pub idle_timeout_s: f64,
+    /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     pub device: crate::backend::DeviceArg,
@@ -148,12 +171,21 @@ pub fn serve<B: Backend>(args: &ServeCmdArgs, device: &B::Device) -> Result<()> 
             ..Limits::default()
         },
         idle_timeout: Duration::from_secs_f64(args.idle_timeout_s.max(0.1)),
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(pema_offsite::tls::server_config(c, k)?),
+            _ => None,
+        },
         ..ServeConfig::default()
     };
     eprintln!(
-        "pema serve: {} ({} kernels) on http://{} — Ctrl-C drains and stops",
+        "pema serve: {} ({} kernels) on {}://{} — Ctrl-C drains and stops",
         m.model.config.name,
         engine.kernels_name(),
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         listener.local_addr()?
     );
     let served = Served {

@@ -86,10 +86,24 @@ impl<B: Backend> RemotePlm<B> {
     /// Connects to `url` (e.g. `http://127.0.0.1:7878`) with bearer `token`: reads the
     /// server's description and the head (checking its fingerprint), on `device`.
     pub fn connect(url: &str, token: &str, device: &B::Device) -> Result<Self, ClientError> {
-        let agent = ureq::AgentBuilder::new()
+        Self::connect_with(url, token, None, device)
+    }
+
+    /// [`RemotePlm::connect`] with a TLS configuration for `https://` URLs (e.g. trusting a
+    /// private CA: [`crate::tls::client_config`]); `None` trusts the web's roots.
+    pub fn connect_with(
+        url: &str,
+        token: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        device: &B::Device,
+    ) -> Result<Self, ClientError> {
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(600))
-            .build();
+            .timeout_read(Duration::from_secs(600));
+        if let Some(config) = tls {
+            builder = builder.tls_config(config);
+        }
+        let agent = builder.build();
         let base = url.trim_end_matches('/').to_string();
         let auth = format!("Bearer {}", token.trim());
         let mut plm = Self {

@@ -19,6 +19,7 @@ pub mod client;
 pub mod protocol;
 mod scheduler;
 pub mod server;
+pub mod tls;
 
 use std::time::Duration;
 

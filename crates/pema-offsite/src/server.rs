@@ -90,6 +90,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// After a shutdown request, how long open sessions may still run.
     pub drain_timeout: Duration,
+    /// Serve HTTPS with this configuration ([`crate::tls::server_config`]); plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServeConfig {
@@ -99,6 +101,7 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -169,12 +172,13 @@ pub fn serve<B: Backend>(
     listener.set_nonblocking(true)?;
     let stopped = Arc::new(Notify::new());
     let body_limit = config.limits.max_body_bytes;
+    let tls = config.tls.clone();
     let drain = config.drain_timeout;
     let scheduler = Scheduler::new(engine, config.limits.clone(), config.idle_timeout);
     std::thread::scope(|scope| {
         let http = {
             let (app, stopped) = (app.clone(), stopped.clone());
-            scope.spawn(move || http_main(app, listener, body_limit, shutdown, drain, stopped))
+            scope.spawn(move || http_main(app, listener, tls, body_limit, shutdown, drain, stopped))
         };
         drop(app);
         let stats = scheduler.run(&rx);
@@ -192,6 +196,7 @@ pub fn serve<B: Backend>(
 fn http_main(
     app: Arc<App>,
     listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     body_limit: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
@@ -219,9 +224,20 @@ fn http_main(
             .layer(middleware::from_fn_with_state(app.clone(), authorize))
             .layer(DefaultBodyLimit::max(body_limit))
             .with_state(app);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stopped.notified().await })
-            .await?;
+        let stop = async move { stopped.notified().await };
+        match tls {
+            Some(config) => {
+                let listener = crate::tls::TlsListener::new(listener, config)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await?;
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await?;
+            }
+        }
         Ok(())
     })
 }

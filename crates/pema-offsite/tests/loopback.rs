@@ -59,10 +59,7 @@ fn tokenizer() -> PemaTokenizer {
         vocab.insert((*w).into(), i.into());
     }
     for c in b'a'..=b'z' {
-        vocab.insert(
-            ((c as char).to_string()).into(),
-            (u32::from(c - b'a') + 3).into(),
-        );
+        vocab.insert((c as char).to_string(), (u32::from(c - b'a') + 3).into());
     }
     let json = serde_json::json!({
         "version": "1.0", "added_tokens": [], "normalizer": null,
@@ -115,8 +112,11 @@ fn with_server<R: Send>(
 /// client's choices, not the server's, drive generation).
 #[derive(Default)]
 struct Recorder {
-    steps: Vec<(Vec<usize>, Vec<usize>, Vec<u32>, Vec<u32>)>,
+    steps: Vec<Seen>,
 }
+
+/// One step as a policy saw it: rows' sequences and steps, f(c) bits, logits bits.
+type Seen = (Vec<usize>, Vec<usize>, Vec<u32>, Vec<u32>);
 
 impl StepPolicy<B> for Recorder {
     fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
@@ -543,4 +543,41 @@ fn shutdown_lets_open_sessions_finish_and_refuses_new_ones() {
         stats
     });
     assert_eq!(stats.sessions_finished, 1);
+}
+
+#[test]
+fn tls_serves_the_same_steps() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let m = model();
+    let local = engine(&m);
+    let opts = GenerateOptions::uniform(4, vec![2]);
+    let want = local
+        .generate(&prompts(), &opts, &mut pema_backbone::Greedy)
+        .expect("local");
+    let server_engine = engine(&m);
+    let cfg = ServeConfig {
+        tls: Some(
+            pema_offsite::tls::server_config(&dir.join("cert.pem"), &dir.join("key.pem"))
+                .expect("server tls"),
+        ),
+        ..config()
+    };
+    let (got, _) = with_server(&server_engine, &cfg, |url| {
+        let https = url.replace("http://", "https://");
+        let ca = pema_offsite::tls::client_config(&dir.join("ca.pem")).expect("client tls");
+        let plm = RemotePlm::<B>::connect_with(&https, TOKEN, Some(ca), &Default::default())
+            .expect("connect over TLS")
+            .with_batch(2);
+        // Plain HTTP to a TLS server, and TLS without trusting its CA, fail clearly.
+        let e = RemotePlm::<B>::connect(&url, TOKEN, &Default::default()).expect_err("plain");
+        assert!(e.to_string().contains("cannot reach"), "{e}");
+        let e = RemotePlm::<B>::connect(&https, TOKEN, &Default::default()).expect_err("untrusted");
+        assert!(e.to_string().contains("cannot reach"), "{e}");
+        plm.generate(&prompts(), &opts, &mut pema_backbone::Greedy)
+            .expect("remote over TLS")
+    });
+    assert_eq!(got, want);
+    let e = pema_offsite::tls::server_config(&dir.join("README.md"), &dir.join("key.pem"))
+        .expect_err("not a certificate");
+    assert!(e.to_string().contains("README.md"), "{e}");
 }
