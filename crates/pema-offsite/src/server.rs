@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::serve::ListenerExt;
 use burn::tensor::backend::Backend;
 use pema_backbone::{Engine, PemaTokenizer, Plm};
 use sha2::{Digest, Sha256};
@@ -233,6 +234,10 @@ fn http_main(
                     .await?;
             }
             None => {
+                // Small replies must not wait for the peer's delayed ACK (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(stop)
                     .await?;
