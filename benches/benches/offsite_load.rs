@@ -84,6 +84,7 @@ fn client(
             max_new_tokens: vec![job.choices.len() as u32],
             stop_tokens: Vec::new(),
             prompts: vec![job.prompt.clone()],
+            log_probs: 0,
         };
         let mut reply = match post(&agent, &format!("{base}/v1/sessions"), &open.encode()) {
             Ok(r) => r,

@@ -20,12 +20,29 @@ pub struct TaskInput {
     /// PEM CA certificate to trust for an `https://` `--plm` (default: the web's roots).
     #[arg(long, requires = "plm")]
     pub plm_ca: Option<PathBuf>,
+    /// Take P_LM from the server instead of computing it from the head: `K` (the top-K
+    /// log-probabilities per row and step, 8·K bytes; the rest of the vocabulary gets no PLM
+    /// mass) or `full` (4·V bytes per row and step). `1` is exact for greedy memory building
+    /// and saves the client's head product. Default: computed here, exactly.
+    #[arg(long, requires = "plm", value_parser = parse_log_probs)]
+    pub plm_log_probs: Option<u32>,
     /// Pairs file: JSON lines with `source`/`target` (or the paper's `en`/`du`), or TSV.
     #[arg(long)]
     pub pairs: PathBuf,
     /// Prompt template: `mt`, `formality`, or a file containing `{source}` (few-shot allowed).
     #[arg(long, default_value = "mt")]
     pub template: String,
+}
+
+/// `--plm-log-probs`: a positive count, or `full` (`u32::MAX`, the protocol's value for all).
+fn parse_log_probs(s: &str) -> Result<u32, String> {
+    match s {
+        "full" => Ok(u32::MAX),
+        k => match k.parse::<u32>() {
+            Ok(k) if k > 0 && k < u32::MAX => Ok(k),
+            _ => Err(format!("`{s}`: give a positive number of tokens or `full`")),
+        },
+    }
 }
 
 impl TaskInput {

@@ -64,7 +64,8 @@ pub fn connect<B: Backend>(
         input.plm_ca.as_deref(),
         device,
     )?
-    .with_batch(batch);
+    .with_batch(batch)
+    .with_server_log_probs(input.plm_log_probs.unwrap_or(0));
     let tok = plm.tokenizer()?;
     let plm = if shared_prefix {
         let template = PromptTemplate::resolve(&input.template)?;

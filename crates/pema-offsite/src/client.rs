@@ -21,7 +21,8 @@ use pema_backbone::{
 };
 
 use crate::protocol::{
-    self, Contexts, HeadMessage, OpenSession, ProtocolError, StepReply, TeacherForced, Tokens,
+    self, Contexts, HeadMessage, LogProbs, OpenSession, ProtocolError, StepReply, TeacherForced,
+    Tokens,
 };
 use crate::server::{DISCLOSE_TARGETS_HEADER, ServerInfo};
 
@@ -70,6 +71,7 @@ pub struct RemotePlm<B: Backend> {
     batch: u32,
     shared_prefix: Vec<u32>,
     disclose_targets: bool,
+    log_probs: u32,
 }
 
 impl<B: Backend> std::fmt::Debug for RemotePlm<B> {
@@ -130,6 +132,7 @@ impl<B: Backend> RemotePlm<B> {
             batch: 8,
             shared_prefix: Vec::new(),
             disclose_targets: false,
+            log_probs: 0,
         };
         let info: ServerInfo = serde_json::from_slice(&plm.call("GET", "/v1/info", None)?)
             .map_err(|e| ClientError::Mismatch(format!("server info: {e}")))?;
@@ -183,6 +186,16 @@ impl<B: Backend> RemotePlm<B> {
     /// computes them once. They are part of every prompt anyway.
     pub fn with_shared_prefix(mut self, tokens: Vec<u32>) -> Self {
         self.shared_prefix = tokens;
+        self
+    }
+
+    /// Takes P_LM from the server instead of computing it from the head: `k` > 0 asks for the
+    /// top-k log-probabilities of each row (8·k bytes per row and step; every other token
+    /// gets no PLM mass, so the mixture is an approximation), [`protocol::FULL_LOG_PROBS`]
+    /// for all of them (4·V bytes: 1 MiB per row and step for Gemma 3; the same P_LM up to
+    /// rounding); 0 (the default) computes it here, exactly, for a head product per row.
+    pub fn with_server_log_probs(mut self, k: u32) -> Self {
+        self.log_probs = k;
         self
     }
 
@@ -283,7 +296,30 @@ impl<B: Backend> RemotePlm<B> {
         }
         let context =
             Tensor::<B, 2>::from_data(TensorData::new(step.context, [rows, d]), &self.device);
-        let logits = self.kernels.head(&self.head, context.clone());
+        let vocab = self.info.vocab_size;
+        let logits = match step.log_probs {
+            LogProbs::None if self.log_probs == 0 => self.kernels.head(&self.head, context.clone()),
+            LogProbs::Full { vocab: v, values } if v as usize == vocab => {
+                Tensor::from_data(TensorData::new(values, [rows, vocab]), &self.device)
+            }
+            LogProbs::TopK { k, ids, values }
+                if ids.len() == rows * k as usize && ids.iter().all(|&i| (i as usize) < vocab) =>
+            {
+                let mut dense = vec![f32::NEG_INFINITY; rows * vocab];
+                let k = (k as usize).max(1);
+                for (r, (ids, values)) in ids.chunks(k).zip(values.chunks(k)).enumerate() {
+                    for (&i, &v) in ids.iter().zip(values) {
+                        dense[r * vocab + i as usize] = v;
+                    }
+                }
+                Tensor::from_data(TensorData::new(dense, [rows, vocab]), &self.device)
+            }
+            _ => {
+                return Err(ClientError::Mismatch(
+                    "the step's log-probabilities are not what the session asked for".into(),
+                ));
+            }
+        };
         Ok(StepOutput {
             seqs: step.seqs.iter().map(|&s| s as usize).collect(),
             steps: step.steps.iter().map(|&s| s as usize).collect(),
@@ -308,6 +344,7 @@ impl<B: Backend> RemotePlm<B> {
                 .collect(),
             stop_tokens: options.stop_tokens.clone(),
             prompts: prompts.to_vec(),
+            log_probs: self.log_probs,
         };
         let mut reply =
             StepReply::decode(&self.call("POST", "/v1/sessions", Some(&open.encode()))?)

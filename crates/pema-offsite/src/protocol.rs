@@ -82,6 +82,36 @@ pub struct OpenSession {
     pub stop_tokens: Vec<u32>,
     /// The prompts.
     pub prompts: Vec<Vec<u32>>,
+    /// P_LM from the server as well: 0 = no (the client computes it from the head, the
+    /// default), k = the top-k log-probabilities of each row, [`FULL_LOG_PROBS`] = all of them.
+    pub log_probs: u32,
+}
+
+/// [`OpenSession::log_probs`] asking for the full distribution (4·V bytes per row and step).
+pub const FULL_LOG_PROBS: u32 = u32::MAX;
+
+/// The PLM's log-probabilities of a step's rows, when the session asked for them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum LogProbs {
+    /// Not asked for.
+    #[default]
+    None,
+    /// The k most probable tokens of each row, most probable first.
+    TopK {
+        /// k.
+        k: u32,
+        /// Token ids, `[rows, k]`.
+        ids: Vec<u32>,
+        /// Their log-probabilities, `[rows, k]`.
+        values: Vec<f32>,
+    },
+    /// Every token's log-probability, `[rows, vocab]`.
+    Full {
+        /// Vocabulary size.
+        vocab: u32,
+        /// `[rows, vocab]`.
+        values: Vec<f32>,
+    },
 }
 
 /// The server's answer to an open or a tokens message: the next step's rows, or the end.
@@ -97,6 +127,8 @@ pub struct StepReply {
     pub hidden: u32,
     /// f(c) of each row, `[rows, d]` row-major.
     pub context: Vec<f32>,
+    /// P_LM of each row, if the session asked for it.
+    pub log_probs: LogProbs,
 }
 
 impl StepReply {
@@ -256,6 +288,16 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    fn u32s(&mut self, n: usize, what: &'static str) -> Result<Vec<u32>> {
+        let bytes = self.take(
+            n.checked_mul(4).ok_or(ProtocolError::Truncated(what))?,
+            what,
+        )?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
     fn ids(&mut self, what: &'static str) -> Result<Vec<u32>> {
         let n = self.count(4, what)?;
         (0..n).map(|_| self.u32(what)).collect()
@@ -300,6 +342,7 @@ impl OpenSession {
         w.ids(&self.max_new_tokens);
         w.ids(&self.stop_tokens);
         w.id_lists(&self.prompts);
+        w.u32(self.log_probs);
         w.0
     }
 
@@ -312,6 +355,7 @@ impl OpenSession {
             max_new_tokens: r.ids("max new tokens")?,
             stop_tokens: r.ids("stop tokens")?,
             prompts: r.id_lists("prompts")?,
+            log_probs: r.u32("log-probs mode")?,
         };
         r.finish()?;
         Ok(m)
@@ -332,6 +376,22 @@ impl StepReply {
             w.u32(s);
         }
         w.f32s(&self.context);
+        match &self.log_probs {
+            LogProbs::None => w.0.push(0),
+            LogProbs::TopK { k, ids, values } => {
+                w.0.push(1);
+                w.u32(*k);
+                for &i in ids {
+                    w.u32(i);
+                }
+                w.f32s(values);
+            }
+            LogProbs::Full { vocab, values } => {
+                w.0.push(2);
+                w.u32(*vocab);
+                w.f32s(values);
+            }
+        }
         w.0
     }
 
@@ -348,6 +408,22 @@ impl StepReply {
             .map(|_| r.u32("steps"))
             .collect::<Result<Vec<_>>>()?;
         let context = r.f32s(product(rows, hidden as usize, "context")?, "context")?;
+        let log_probs = match r.take(1, "log-probs tag")?[0] {
+            0 => LogProbs::None,
+            1 => {
+                let k = r.u32("k")?;
+                let n = product(rows, k as usize, "top-k")?;
+                let ids = r.u32s(n, "top-k ids")?;
+                let values = r.f32s(n, "top-k values")?;
+                LogProbs::TopK { k, ids, values }
+            }
+            2 => {
+                let vocab = r.u32("vocab")?;
+                let values = r.f32s(product(rows, vocab as usize, "log-probs")?, "log-probs")?;
+                LogProbs::Full { vocab, values }
+            }
+            t => return Err(ProtocolError::Invalid(format!("log-probs tag {t}"))),
+        };
         r.finish()?;
         Ok(Self {
             session,
@@ -355,6 +431,7 @@ impl StepReply {
             steps,
             hidden,
             context,
+            log_probs,
         })
     }
 }
@@ -510,6 +587,7 @@ mod tests {
                 max_new_tokens: vec![5, 6],
                 stop_tokens: vec![9],
                 prompts: vec![vec![1, 2], vec![3, 4, 5]],
+                log_probs: 5,
             }
             .encode(),
             StepReply {
@@ -518,6 +596,11 @@ mod tests {
                 steps: vec![3, 0],
                 hidden: 2,
                 context: vec![0.5, -1.0, 2.0, f32::MIN_POSITIVE],
+                log_probs: LogProbs::TopK {
+                    k: 2,
+                    ids: vec![4, 1, 0, 3],
+                    values: vec![-0.1, -2.0, -0.5, -0.9],
+                },
             }
             .encode(),
             Tokens(vec![4, 5]).encode(),
@@ -568,6 +651,15 @@ mod tests {
         assert_eq!(open.prompts, vec![vec![1, 2], vec![3, 4, 5]]);
         let step = StepReply::decode(&s[1]).expect("step");
         assert_eq!(step.context[3], f32::MIN_POSITIVE);
+        assert!(matches!(step.log_probs, LogProbs::TopK { k: 2, .. }));
+        let full = StepReply {
+            log_probs: LogProbs::Full {
+                vocab: 3,
+                values: vec![-1.0; 6],
+            },
+            ..step
+        };
+        assert_eq!(StepReply::decode(&full.encode()).expect("full"), full);
         assert_eq!(Tokens::decode(&s[2]).expect("tokens").0, vec![4, 5]);
         assert_eq!(
             TeacherForced::decode(&s[3]).expect("tf").continuations,

@@ -17,7 +17,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use pema_backbone::{DecodingSeq, Engine, Plm, SharedPrefix};
 use tokio::sync::oneshot;
 
-use crate::protocol::{Contexts, OpenSession, StepReply, TeacherForced};
+use crate::protocol::{Contexts, FULL_LOG_PROBS, LogProbs, OpenSession, StepReply, TeacherForced};
 use crate::{Limits, ServiceError};
 
 /// A reply channel.
@@ -79,6 +79,7 @@ struct Session<B: Backend> {
     generated: Vec<usize>,
     rows: Vec<Row<B>>,
     state: State,
+    log_probs: u32,
 }
 
 impl<B: Backend> Session<B> {
@@ -257,6 +258,7 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
             generated: vec![0; n],
             rows: Vec::new(),
             state: State::Ready(reply),
+            log_probs: req.log_probs,
             prompts: req.prompts,
         };
         s.queue = (0..n).filter(|&i| s.max_for(i) > 0).collect();
@@ -317,6 +319,24 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
         }
         if req.shared_prefix.len() > l.max_prompt_tokens {
             return bad("the shared prefix is longer than a prompt may be".into());
+        }
+        let rows = (req.batch as usize).clamp(1, l.max_batch_per_session);
+        let per_row = match req.log_probs {
+            0 => 0,
+            FULL_LOG_PROBS => 4 * vocab,
+            k if k as usize > vocab.min(MAX_TOP_K) => {
+                return bad(format!(
+                    "top-{k} log-probabilities asked, at most {}",
+                    vocab.min(MAX_TOP_K)
+                ));
+            }
+            k => 8 * k as usize,
+        };
+        if rows * per_row > l.max_body_bytes {
+            return bad(format!(
+                "{rows} rows of log-probabilities ({per_row} bytes each) exceed a reply's {} bytes: lower the batch or ask for top-k",
+                l.max_body_bytes
+            ));
         }
         Ok(())
     }
@@ -379,6 +399,7 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
                     steps: Vec::new(),
                     hidden: self.engine.hidden_size() as u32,
                     context: Vec::new(),
+                    log_probs: LogProbs::None,
                 }));
             }
             self.stats.sessions_finished += 1;
@@ -416,7 +437,11 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
                 decs.extend(s.rows.iter_mut().map(|r| &mut r.dec));
             }
         }
-        let out = self.engine.advance(&mut decs).and_then(host_rows);
+        let hidden = self.engine.advance(&mut decs);
+        let out = match &hidden {
+            Ok(h) => host_rows(h.clone()),
+            Err(e) => Err(pema_backbone::BackboneError::Invalid(e.to_string())),
+        };
         self.stats.forwards += 1;
         self.stats.rows += rows as u64;
         self.stats.max_rows_in_forward = self.stats.max_rows_in_forward.max(rows as u64);
@@ -432,15 +457,23 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
             else {
                 continue;
             };
-            let msg = match &out {
-                Ok(host) => Ok(StepReply {
+            let log_probs = match (&hidden, s.log_probs) {
+                (Ok(h), mode) if mode > 0 => {
+                    log_probs(self.engine, h.clone().narrow(0, off, n), mode)
+                }
+                _ => Ok(LogProbs::None),
+            };
+            let msg = match (&out, log_probs) {
+                (Ok(host), Ok(log_probs)) => Ok(StepReply {
                     session: id,
                     seqs: s.rows.iter().map(|r| r.seq as u32).collect(),
                     steps: s.rows.iter().map(|r| r.step as u32).collect(),
                     hidden: d as u32,
                     context: host[off * d..(off + n) * d].to_vec(),
+                    log_probs,
                 }),
-                Err(e) => Err(ServiceError::Internal(e.to_string())),
+                (Err(e), _) => Err(ServiceError::Internal(e.to_string())),
+                (_, Err(e)) => Err(ServiceError::Internal(e.to_string())),
             };
             off += n;
             let failed = msg.is_err();
@@ -494,6 +527,45 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
             data,
         })
     }
+}
+
+/// Most top-k log-probabilities a session may ask for per row.
+const MAX_TOP_K: usize = 4096;
+
+/// P_LM of `rows: [n, d]` through the engine's head: the top `mode` log-probabilities of each
+/// row (most probable first), or all of them for [`FULL_LOG_PROBS`].
+fn log_probs<B: Backend>(
+    engine: &Engine<'_, B>,
+    rows: Tensor<B, 2>,
+    mode: u32,
+) -> pema_backbone::error::Result<LogProbs> {
+    let lp = burn::tensor::activation::log_softmax(engine.logits(rows), 1);
+    let [n, vocab] = lp.dims();
+    let values = host_rows(lp)?;
+    if mode == FULL_LOG_PROBS {
+        return Ok(LogProbs::Full {
+            vocab: vocab as u32,
+            values,
+        });
+    }
+    let k = (mode as usize).min(vocab);
+    let (mut ids, mut top) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
+    for row in values.chunks_exact(vocab.max(1)) {
+        let mut idx: Vec<u32> = (0..vocab as u32).collect();
+        let by_value = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]);
+        if k < vocab {
+            idx.select_nth_unstable_by(k, by_value);
+            idx.truncate(k);
+        }
+        idx.sort_by(|a, b| by_value(a, b).then(a.cmp(b)));
+        top.extend(idx.iter().map(|&i| row[i as usize]));
+        ids.extend(idx);
+    }
+    Ok(LogProbs::TopK {
+        k: k as u32,
+        ids,
+        values: top,
+    })
 }
 
 /// The maximum new tokens of sequence `i` (one value is broadcast).

@@ -581,3 +581,65 @@ fn tls_serves_the_same_steps() {
         .expect_err("not a certificate");
     assert!(e.to_string().contains("README.md"), "{e}");
 }
+
+/// Keeps each step's logits as host rows (for the log-probability modes).
+#[derive(Default)]
+struct Logits(Vec<Vec<f32>>);
+
+impl StepPolicy<B> for Logits {
+    fn next_tokens(&mut self, out: &StepOutput<B>) -> Vec<u32> {
+        self.0.push(
+            out.logits
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("host"),
+        );
+        pema_backbone::seam::argmax_rows(out.logits.clone())
+    }
+}
+
+#[test]
+fn server_log_probs_full_and_top_k() {
+    let m = model();
+    let mut local = engine(&m);
+    local.set_prefix(&[1, 9, 4, 17]).expect("prefix");
+    let opts = GenerateOptions::uniform(5, vec![2]);
+    let mut want = Logits::default();
+    let want_out = local.generate(&prompts(), &opts, &mut want).expect("local");
+    let server_engine = engine(&m);
+    let ((full_out, full, topk_out, topk, e), _) = with_server(&server_engine, &config(), |url| {
+        let connect = || {
+            RemotePlm::<B>::connect(&url, TOKEN, &Default::default())
+                .expect("connect")
+                .with_batch(2)
+                .with_shared_prefix(vec![1, 9, 4, 17])
+        };
+        let mut full = Logits::default();
+        let plm = connect().with_server_log_probs(pema_offsite::protocol::FULL_LOG_PROBS);
+        let full_out = plm.generate(&prompts(), &opts, &mut full).expect("full");
+        let mut topk = Logits::default();
+        let plm = connect().with_server_log_probs(3);
+        let topk_out = plm.generate(&prompts(), &opts, &mut topk).expect("top-k");
+        let e = connect()
+            .with_server_log_probs(1 << 20)
+            .generate(&prompts(), &opts, &mut Logits::default())
+            .expect_err("k over the vocabulary");
+        (full_out, full, topk_out, topk, e.to_string())
+    });
+    assert_eq!(full_out, want_out);
+    assert_eq!(topk_out, want_out);
+    assert!(e.contains("400") && e.contains("top-"), "{e}");
+    let vocab = 61;
+    for ((w, f), t) in want.0.iter().zip(&full.0).zip(&topk.0) {
+        for ((w, f), t) in w.chunks(vocab).zip(f.chunks(vocab)).zip(t.chunks(vocab)) {
+            let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + w.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            for (x, y) in w.iter().zip(f) {
+                assert!((x - lse - y).abs() < 1e-4, "log-prob {y} vs {}", x - lse);
+            }
+            assert_eq!(t.iter().filter(|x| x.is_finite()).count(), 3);
+        }
+    }
+}
