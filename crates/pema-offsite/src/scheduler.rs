@@ -141,6 +141,8 @@ pub(crate) struct Scheduler<'e, 'm, B: Backend> {
     sessions: BTreeMap<u64, Session<B>>,
     prefixes: Vec<Rc<SharedPrefix<B>>>,
     next_id: u64,
+    /// Where the next forward starts looking for ready sessions (round robin).
+    cursor: u64,
     drain_until: Option<Instant>,
     stats: ServeStats,
 }
@@ -154,6 +156,7 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
             sessions: BTreeMap::new(),
             prefixes: Vec::new(),
             next_id: 1,
+            cursor: 0,
             drain_until: None,
             stats: ServeStats::default(),
         }
@@ -422,7 +425,13 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
         let cap = self.limits.max_rows_per_forward.max(1);
         let mut ids = Vec::new();
         let mut rows = 0;
-        for (&id, s) in &self.sessions {
+        // Round robin: start after the last session served, so that when more rows are ready
+        // than one forward takes, no session waits behind the same others every time.
+        let order = self
+            .sessions
+            .range(self.cursor..)
+            .chain(self.sessions.range(..self.cursor));
+        for (&id, s) in order {
             if matches!(s.state, State::Ready(_)) {
                 if !ids.is_empty() && rows + s.rows.len() > cap {
                     break;
@@ -431,9 +440,16 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
                 ids.push(id);
             }
         }
+        self.cursor = ids.last().map_or(0, |&id| id + 1);
+        let mut chosen: BTreeMap<u64, &mut Session<B>> = self
+            .sessions
+            .iter_mut()
+            .filter(|(id, _)| ids.contains(id))
+            .map(|(&id, s)| (id, s))
+            .collect();
         let mut decs: Vec<&mut DecodingSeq<B>> = Vec::with_capacity(rows);
-        for (id, s) in self.sessions.iter_mut() {
-            if ids.contains(id) {
+        for id in &ids {
+            if let Some(s) = chosen.remove(id) {
                 decs.extend(s.rows.iter_mut().map(|r| &mut r.dec));
             }
         }

@@ -645,3 +645,45 @@ fn server_log_probs_full_and_top_k() {
         }
     }
 }
+
+#[test]
+fn concurrent_clients_share_forwards_within_the_row_cap() {
+    let m = model();
+    let server_engine = engine(&m);
+    let cfg = ServeConfig {
+        limits: Limits {
+            max_rows_per_forward: 3,
+            ..Limits::default()
+        },
+        ..config()
+    };
+    let opts = GenerateOptions::uniform(6, vec![]);
+    let (outs, stats) = with_server(&server_engine, &cfg, |url| {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let plm = RemotePlm::<B>::connect(&url, TOKEN, &Default::default())
+                            .expect("connect")
+                            .with_batch(2);
+                        plm.generate(&prompts(), &opts, &mut pema_backbone::Greedy)
+                            .expect("generate")
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("client"))
+                .collect::<Vec<_>>()
+        })
+    });
+    for out in &outs {
+        assert_eq!(out.len(), 5);
+        assert!(
+            out.iter().all(|o| o.len() == 6),
+            "every sequence ran to its length"
+        );
+    }
+    assert_eq!(stats.sessions_finished, 4);
+    assert!(stats.max_rows_in_forward <= 3, "{stats:?}");
+    assert_eq!(stats.rows, 4 * 5 * 6, "one row per generated token");
+}
