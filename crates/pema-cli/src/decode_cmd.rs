@@ -191,35 +191,33 @@ fn decode_with<B: Backend>(
     setup: std::time::Duration,
     device: &B::Device,
 ) -> Result<DecodeSummary> {
-    if let Some(pair) = one {
-        let (decoded, name, took) = decode_some(args, source, std::slice::from_ref(pair), device)?;
-        println!("{}", decoded.hypotheses.join("\n"));
-        let seconds = (setup + took).as_secs_f64();
-        return Ok(DecodeSummary {
-            sequences: 1,
-            tokens: decoded.tokens,
-            seconds,
-            tokens_per_s: decoded.tokens as f64 / seconds.max(1e-9),
-            uses_reference: decoded.uses_reference,
-            method: name,
-        });
-    }
-    let pairs = PairsFile::read(&args.input.pairs)?;
-    let n = args.limit.unwrap_or(pairs.len()).min(pairs.len());
-    let pairs = &pairs.pairs[..n];
+    let file;
+    let pairs = match one {
+        Some(pair) => std::slice::from_ref(pair),
+        None => {
+            file = PairsFile::read(&args.input.pairs)?;
+            let n = args.limit.unwrap_or(file.len()).min(file.len());
+            &file.pairs[..n]
+        }
+    };
+    let n = pairs.len();
     let (decoded, name, took) = decode_some(args, source, pairs, device)?;
-    eprintln!(
-        "decoded {}/{n} ({})",
-        decoded.hypotheses.len(),
-        source.kernels
-    );
     let seconds = (setup + took).as_secs_f64();
-    write_lines(&args.out, &decoded.hypotheses)?;
-    if let Some(path) = &args.refs_out {
-        write_lines(path, pairs.iter().map(|p| p.target.replace('\n', " ")))?;
-    }
-    if let Some(path) = &args.trace {
-        pema_schedule::write_traces_jsonl(path, &decoded.traces)?;
+    if one.is_some() {
+        println!("{}", decoded.hypotheses.join("\n"));
+    } else {
+        eprintln!(
+            "decoded {}/{n} ({})",
+            decoded.hypotheses.len(),
+            source.kernels
+        );
+        write_lines(&args.out, &decoded.hypotheses)?;
+        if let Some(path) = &args.refs_out {
+            write_lines(path, pairs.iter().map(|p| p.target.replace('\n', " ")))?;
+        }
+        if let Some(path) = &args.trace {
+            pema_schedule::write_traces_jsonl(path, &decoded.traces)?;
+        }
     }
     Ok(DecodeSummary {
         sequences: n,

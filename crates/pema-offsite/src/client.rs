@@ -61,9 +61,7 @@ impl From<ClientError> for BackboneError {
 
 /// The PLM at a `pema serve` endpoint, as the data owner uses it.
 pub struct RemotePlm<B: Backend> {
-    agent: ureq::Agent,
-    base: String,
-    auth: String,
+    http: Http,
     info: ServerInfo,
     head: LmHead<B>,
     kernels: Box<dyn Kernels<B>>,
@@ -77,162 +75,21 @@ pub struct RemotePlm<B: Backend> {
 impl<B: Backend> std::fmt::Debug for RemotePlm<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemotePlm")
-            .field("url", &self.base)
+            .field("url", &self.http.base)
             .field("model", &self.info.model)
             .field("batch", &self.batch)
             .finish()
     }
 }
 
-impl<B: Backend> RemotePlm<B> {
-    /// Connects to `url` (e.g. `http://127.0.0.1:7878`) with bearer `token`: reads the
-    /// server's description and the head (checking its fingerprint), on `device`.
-    pub fn connect(url: &str, token: &str, device: &B::Device) -> Result<Self, ClientError> {
-        Self::connect_with(url, token, None, device)
-    }
+/// The HTTP side of a client: agent, base URL and bearer header.
+struct Http {
+    agent: ureq::Agent,
+    base: String,
+    auth: String,
+}
 
-    /// [`RemotePlm::connect`] with a TLS configuration for `https://` URLs (e.g. trusting a
-    /// private CA: [`crate::tls::client_config`]); `None` trusts the web's roots.
-    pub fn connect_with(
-        url: &str,
-        token: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        device: &B::Device,
-    ) -> Result<Self, ClientError> {
-        let mut builder = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(600));
-        if let Some(config) = tls {
-            builder = builder.tls_config(config);
-        }
-        let agent = builder.build();
-        let base = url.trim_end_matches('/').to_string();
-        let auth = format!("Bearer {}", token.trim());
-        let mut plm = Self {
-            agent,
-            base,
-            auth,
-            info: ServerInfo {
-                protocol: 0,
-                model: String::new(),
-                hidden_size: 0,
-                vocab_size: 0,
-                n_layers: 0,
-                weights_sha256: String::new(),
-                head_fingerprint: String::new(),
-                tokenizer_fingerprint: String::new(),
-                kernels: String::new(),
-                limits: crate::Limits::default(),
-                idle_timeout_s: 0.0,
-            },
-            head: LmHead::from_host(vec![1.0], 1e-6, vec![0.0], 1, "", device)
-                .map_err(|e| ClientError::Mismatch(e.to_string()))?,
-            kernels: Box::new(Reference),
-            device: device.clone(),
-            batch: 8,
-            shared_prefix: Vec::new(),
-            disclose_targets: false,
-            log_probs: 0,
-        };
-        let info: ServerInfo = serde_json::from_slice(&plm.call("GET", "/v1/info", None)?)
-            .map_err(|e| ClientError::Mismatch(format!("server info: {e}")))?;
-        if info.protocol != protocol::VERSION {
-            return Err(ClientError::Mismatch(format!(
-                "the server speaks protocol v{}, this client v{}",
-                info.protocol,
-                protocol::VERSION
-            )));
-        }
-        let msg = HeadMessage::decode(&plm.call("GET", "/v1/head", None)?)?;
-        let head = LmHead::from_host(
-            msg.norm,
-            msg.eps,
-            msg.weight,
-            msg.vocab as usize,
-            &msg.model,
-            device,
-        )
-        .map_err(|e| ClientError::Mismatch(format!("head: {e}")))?;
-        if head.fingerprint != msg.fingerprint || head.fingerprint != info.head_fingerprint {
-            return Err(ClientError::Mismatch(format!(
-                "the head received hashes to {}, the server announced {}",
-                head.fingerprint, info.head_fingerprint
-            )));
-        }
-        plm.kernels = match msg.packed {
-            Some(p) => {
-                let ty = GgmlType::from_id(p.ggml_type).ok_or_else(|| {
-                    ClientError::Mismatch(format!("unknown GGUF type {}", p.ggml_type))
-                })?;
-                let m = PackedMatrix::new(ty, p.rows as usize, p.cols as usize, p.data)
-                    .map_err(|e| ClientError::Mismatch(format!("packed head: {e}")))?;
-                Box::new(CpuKernels::with_packed(Arc::new(PackedModel::head_only(m))))
-            }
-            None if info.kernels.starts_with("cpu") => Box::new(CpuKernels::new()),
-            None => Box::new(Reference),
-        };
-        plm.head = head;
-        plm.info = info;
-        Ok(plm)
-    }
-
-    /// At most `n` sequences of one `generate` call run at once (the server may cap it).
-    pub fn with_batch(mut self, n: usize) -> Self {
-        self.batch = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-        self
-    }
-
-    /// Tokens every prompt starts with (the few-shot template's beginning): the server
-    /// computes them once. They are part of every prompt anyway.
-    pub fn with_shared_prefix(mut self, tokens: Vec<u32>) -> Self {
-        self.shared_prefix = tokens;
-        self
-    }
-
-    /// Takes P_LM from the server instead of computing it from the head: `k` > 0 asks for the
-    /// top-k log-probabilities of each row (8·k bytes per row and step; every other token
-    /// gets no PLM mass, so the mixture is an approximation), [`protocol::FULL_LOG_PROBS`]
-    /// for all of them (4·V bytes: 1 MiB per row and step for Gemma 3; the same P_LM up to
-    /// rounding); 0 (the default) computes it here, exactly, for a head product per row.
-    pub fn with_server_log_probs(mut self, k: u32) -> Self {
-        self.log_probs = k;
-        self
-    }
-
-    /// Accepts that [`Plm::teacher_forced_contexts`] sends the gold continuations to the PLM
-    /// owner (without this it is refused).
-    pub fn disclose_targets(mut self) -> Self {
-        self.disclose_targets = true;
-        self
-    }
-
-    /// The server's description.
-    pub fn info(&self) -> &ServerInfo {
-        &self.info
-    }
-
-    /// The frozen head received (final norm + W_hd).
-    pub fn head(&self) -> &LmHead<B> {
-        &self.head
-    }
-
-    /// The model's tokenizer, fetched from the server (fingerprint checked).
-    pub fn tokenizer(&self) -> Result<PemaTokenizer, ClientError> {
-        let spec: TokenizerSpec =
-            serde_json::from_slice(&self.call("GET", "/v1/tokenizer", None)?)
-                .map_err(|e| ClientError::Mismatch(format!("tokenizer: {e}")))?;
-        let tok =
-            PemaTokenizer::from_spec(&spec).map_err(|e| ClientError::Mismatch(e.to_string()))?;
-        if tok.fingerprint() != self.info.tokenizer_fingerprint {
-            return Err(ClientError::Mismatch(format!(
-                "the tokenizer received hashes to {}, the server announced {}",
-                tok.fingerprint(),
-                self.info.tokenizer_fingerprint
-            )));
-        }
-        Ok(tok)
-    }
-
+impl Http {
     /// One request; returns the body of a 2xx answer.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
         self.call_with(method, path, body, None)
@@ -279,6 +136,140 @@ impl<B: Backend> RemotePlm<B> {
                 message: t.to_string(),
             }),
         }
+    }
+}
+
+impl<B: Backend> RemotePlm<B> {
+    /// Connects to `url` (e.g. `http://127.0.0.1:7878`) with bearer `token`: reads the
+    /// server's description and the head (checking its fingerprint), on `device`.
+    pub fn connect(url: &str, token: &str, device: &B::Device) -> Result<Self, ClientError> {
+        Self::connect_with(url, token, None, device)
+    }
+
+    /// [`RemotePlm::connect`] with a TLS configuration for `https://` URLs (e.g. trusting a
+    /// private CA: [`crate::tls::client_config`]); `None` trusts the web's roots.
+    pub fn connect_with(
+        url: &str,
+        token: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        device: &B::Device,
+    ) -> Result<Self, ClientError> {
+        let mut builder = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(600));
+        if let Some(config) = tls {
+            builder = builder.tls_config(config);
+        }
+        let http = Http {
+            agent: builder.build(),
+            base: url.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {}", token.trim()),
+        };
+        let info: ServerInfo = serde_json::from_slice(&http.call("GET", "/v1/info", None)?)
+            .map_err(|e| ClientError::Mismatch(format!("server info: {e}")))?;
+        if info.protocol != protocol::VERSION {
+            return Err(ClientError::Mismatch(format!(
+                "the server speaks protocol v{}, this client v{}",
+                info.protocol,
+                protocol::VERSION
+            )));
+        }
+        let msg = HeadMessage::decode(&http.call("GET", "/v1/head", None)?)?;
+        let head = LmHead::from_host(
+            msg.norm,
+            msg.eps,
+            msg.weight,
+            msg.vocab as usize,
+            &msg.model,
+            device,
+        )
+        .map_err(|e| ClientError::Mismatch(format!("head: {e}")))?;
+        if head.fingerprint != msg.fingerprint || head.fingerprint != info.head_fingerprint {
+            return Err(ClientError::Mismatch(format!(
+                "the head received hashes to {}, the server announced {}",
+                head.fingerprint, info.head_fingerprint
+            )));
+        }
+        let kernels: Box<dyn Kernels<B>> = match msg.packed {
+            Some(p) => {
+                let ty = GgmlType::from_id(p.ggml_type).ok_or_else(|| {
+                    ClientError::Mismatch(format!("unknown GGUF type {}", p.ggml_type))
+                })?;
+                let m = PackedMatrix::new(ty, p.rows as usize, p.cols as usize, p.data)
+                    .map_err(|e| ClientError::Mismatch(format!("packed head: {e}")))?;
+                Box::new(CpuKernels::with_packed(Arc::new(PackedModel::head_only(m))))
+            }
+            None if info.kernels.starts_with("cpu") => Box::new(CpuKernels::new()),
+            None => Box::new(Reference),
+        };
+        Ok(Self {
+            http,
+            info,
+            head,
+            kernels,
+            device: device.clone(),
+            batch: 8,
+            shared_prefix: Vec::new(),
+            disclose_targets: false,
+            log_probs: 0,
+        })
+    }
+
+    /// At most `n` sequences of one `generate` call run at once (the server may cap it).
+    pub fn with_batch(mut self, n: usize) -> Self {
+        self.batch = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Tokens every prompt starts with (the few-shot template's beginning): the server
+    /// computes them once. They are part of every prompt anyway.
+    pub fn with_shared_prefix(mut self, tokens: Vec<u32>) -> Self {
+        self.shared_prefix = tokens;
+        self
+    }
+
+    /// Takes P_LM from the server instead of computing it from the head: `k` > 0 asks for the
+    /// top-k log-probabilities of each row (8·k bytes per row and step; every other token
+    /// gets no PLM mass, so the mixture is an approximation), [`protocol::FULL_LOG_PROBS`]
+    /// for all of them (4·V bytes: 1 MiB per row and step for Gemma 3; the same P_LM up to
+    /// rounding); 0 (the default) computes it here, exactly, for a head product per row.
+    pub fn with_server_log_probs(mut self, k: u32) -> Self {
+        self.log_probs = k;
+        self
+    }
+
+    /// Accepts that [`Plm::teacher_forced_contexts`] sends the gold continuations to the PLM
+    /// owner (without this it is refused).
+    pub fn disclose_targets(mut self) -> Self {
+        self.disclose_targets = true;
+        self
+    }
+
+    /// The server's description.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The frozen head received (final norm + W_hd).
+    pub fn head(&self) -> &LmHead<B> {
+        &self.head
+    }
+
+    /// The model's tokenizer, fetched from the server (fingerprint checked).
+    pub fn tokenizer(&self) -> Result<PemaTokenizer, ClientError> {
+        let spec: TokenizerSpec =
+            serde_json::from_slice(&self.http.call("GET", "/v1/tokenizer", None)?)
+                .map_err(|e| ClientError::Mismatch(format!("tokenizer: {e}")))?;
+        let tok =
+            PemaTokenizer::from_spec(&spec).map_err(|e| ClientError::Mismatch(e.to_string()))?;
+        if tok.fingerprint() != self.info.tokenizer_fingerprint {
+            return Err(ClientError::Mismatch(format!(
+                "the tokenizer received hashes to {}, the server announced {}",
+                tok.fingerprint(),
+                self.info.tokenizer_fingerprint
+            )));
+        }
+        Ok(tok)
     }
 
     /// Checks a step against the session's state and makes its [`StepOutput`].
@@ -346,9 +337,12 @@ impl<B: Backend> RemotePlm<B> {
             prompts: prompts.to_vec(),
             log_probs: self.log_probs,
         };
-        let mut reply =
-            StepReply::decode(&self.call("POST", "/v1/sessions", Some(&open.encode()))?)
-                .map_err(ClientError::from)?;
+        let mut reply = StepReply::decode(&self.http.call(
+            "POST",
+            "/v1/sessions",
+            Some(&open.encode()),
+        )?)
+        .map_err(ClientError::from)?;
         *session = Some(reply.session);
         let vocab = self.info.vocab_size as u32;
         while !reply.is_done() {
@@ -371,8 +365,9 @@ impl<B: Backend> RemotePlm<B> {
                 out[seq].push(t);
             }
             let path = format!("/v1/sessions/{id}/tokens");
-            reply = StepReply::decode(&self.call("POST", &path, Some(&Tokens(ids).encode()))?)
-                .map_err(ClientError::from)?;
+            reply =
+                StepReply::decode(&self.http.call("POST", &path, Some(&Tokens(ids).encode()))?)
+                    .map_err(ClientError::from)?;
         }
         *session = None;
         Ok(())
@@ -408,7 +403,9 @@ impl<B: Backend> Plm<B> for RemotePlm<B> {
         let r = self.run_session(prompts, options, policy, &mut out, &mut session);
         if let (Err(_), Some(id)) = (&r, session) {
             // Free the server's session at once instead of waiting for its idle time-out.
-            let _ = self.call("DELETE", &format!("/v1/sessions/{id}"), None);
+            let _ = self
+                .http
+                .call("DELETE", &format!("/v1/sessions/{id}"), None);
         }
         r.map(|()| out)
     }
@@ -427,7 +424,7 @@ impl<B: Backend> Plm<B> for RemotePlm<B> {
             prompts: prompts.to_vec(),
             continuations: continuations.to_vec(),
         };
-        let body = self.call_with(
+        let body = self.http.call_with(
             "POST",
             "/v1/teacher-forced",
             Some(&req.encode()),

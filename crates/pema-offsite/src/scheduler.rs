@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Tensor, backend::Backend};
-use pema_backbone::{DecodingSeq, Engine, Plm, SharedPrefix};
+use pema_backbone::{DecodingSeq, Engine, GenerateOptions, Plm, SharedPrefix};
 use tokio::sync::oneshot;
 
 use crate::protocol::{Contexts, FULL_LOG_PROBS, LogProbs, OpenSession, StepReply, TeacherForced};
@@ -71,8 +71,8 @@ enum State {
 
 struct Session<B: Backend> {
     prompts: Vec<Vec<u32>>,
-    max_new: Vec<u32>,
-    stop: Vec<u32>,
+    /// Maximum lengths and stop tokens, as the in-process `generate` takes them.
+    options: GenerateOptions,
     batch: usize,
     prefix: Option<Rc<SharedPrefix<B>>>,
     queue: VecDeque<usize>,
@@ -83,10 +83,6 @@ struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
-    fn max_for(&self, i: usize) -> usize {
-        max_for(&self.max_new, i)
-    }
-
     /// Admits queued prompts up to the session's batch (as the in-process engine does).
     fn admit(&mut self, engine: &Engine<'_, B>) {
         while self.rows.len() < self.batch {
@@ -119,8 +115,8 @@ impl<B: Backend> Session<B> {
         let mut keep = Vec::with_capacity(self.rows.len());
         for (r, &id) in self.rows.iter_mut().zip(tokens) {
             self.generated[r.seq] += 1;
-            let done =
-                self.stop.contains(&id) || self.generated[r.seq] >= max_for(&self.max_new, r.seq);
+            let done = self.options.stop_tokens.contains(&id)
+                || self.generated[r.seq] >= self.options.max_for(r.seq);
             if !done {
                 r.dec.push(id);
                 r.step += 1;
@@ -254,8 +250,10 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
         let n = req.prompts.len();
         let mut s = Session {
             batch: (req.batch as usize).clamp(1, self.limits.max_batch_per_session),
-            max_new: req.max_new_tokens,
-            stop: req.stop_tokens,
+            options: GenerateOptions {
+                max_new_tokens: req.max_new_tokens.iter().map(|&m| m as usize).collect(),
+                stop_tokens: req.stop_tokens,
+            },
             prefix,
             queue: VecDeque::new(),
             generated: vec![0; n],
@@ -264,7 +262,7 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
             log_probs: req.log_probs,
             prompts: req.prompts,
         };
-        s.queue = (0..n).filter(|&i| s.max_for(i) > 0).collect();
+        s.queue = (0..n).filter(|&i| s.options.max_for(i) > 0).collect();
         s.admit(self.engine);
         let id = self.next_id;
         self.next_id += 1;
@@ -294,7 +292,7 @@ impl<'e, 'm, B: Backend> Scheduler<'e, 'm, B> {
                 l.max_prompt_tokens
             ));
         }
-        if !matches!(req.max_new_tokens.len(), 1) && req.max_new_tokens.len() != req.prompts.len() {
+        if req.max_new_tokens.len() != 1 && req.max_new_tokens.len() != req.prompts.len() {
             return bad(format!(
                 "{} maximum lengths for {} prompts (give one, or one per prompt)",
                 req.max_new_tokens.len(),
@@ -582,15 +580,6 @@ fn log_probs<B: Backend>(
         ids,
         values: top,
     })
-}
-
-/// The maximum new tokens of sequence `i` (one value is broadcast).
-fn max_for(max_new: &[u32], i: usize) -> usize {
-    match max_new {
-        [] => 0,
-        [one] => *one as usize,
-        many => many.get(i).map_or(0, |&m| m as usize),
-    }
 }
 
 /// A `[rows, d]` tensor as host f32 values.

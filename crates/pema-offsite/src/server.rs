@@ -329,7 +329,7 @@ fn text(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-fn binary(body: Vec<u8>) -> Response {
+fn binary(body: impl IntoResponse) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
 }
 
@@ -364,11 +364,7 @@ async fn info(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn head(State(app): State<Arc<App>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        app.head.clone(),
-    )
-        .into_response()
+    binary(app.head.clone())
 }
 
 async fn tokenizer(State(app): State<Arc<App>>) -> Response {
