@@ -101,3 +101,78 @@ pub fn tiny_model<B: Backend>(
     let w = random_weights(&cfg, seed);
     build_transformer(cfg, &w, device)
 }
+
+/// The word list of [`write_tiny_model_dir`]'s tokenizer: `<unk>`, `<bos>`, `<eos>`, then the
+/// letters `a`–`z` (ids 3–28), then `w29`…`w60`, one word per id up to the tiny vocabulary.
+pub fn tiny_vocabulary(vocab_size: usize) -> Vec<String> {
+    let mut words: Vec<String> = ["<unk>", "<bos>", "<eos>"].map(String::from).to_vec();
+    words.extend((b'a'..=b'z').map(|c| (c as char).to_string()));
+    while words.len() < vocab_size {
+        words.push(format!("w{}", words.len()));
+    }
+    words.truncate(vocab_size);
+    words
+}
+
+/// A word-level `tokenizer.json` over `words` (id = position), whitespace pre-tokenised.
+pub fn word_level_tokenizer_json(words: &[String]) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), i.into()))
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}
+
+/// Writes a tiny random Llama-family model directory (`model.gguf` with F32 tensors and
+/// `tokenizer.json`, word level over [`tiny_vocabulary`]) that `load_model_dir` and the `pema`
+/// binary load like a real one: for end-to-end tests of the command line.
+pub fn write_tiny_model_dir(dir: &std::path::Path, seed: u64) -> Result<()> {
+    use crate::gguf::{GgmlType, GgufWriter, MetaValue};
+    let c = tiny_config(Family::Llama);
+    let words = tiny_vocabulary(c.vocab_size);
+    let mut w = GgufWriter::new();
+    let u = |v: usize| MetaValue::U32(v as u32);
+    w.add_metadata("general.architecture", MetaValue::String("llama".into()));
+    w.add_metadata("general.name", MetaValue::String(c.name.clone()));
+    w.add_metadata("llama.block_count", u(c.n_layers));
+    w.add_metadata("llama.embedding_length", u(c.hidden_size));
+    w.add_metadata("llama.feed_forward_length", u(c.ffn_size));
+    w.add_metadata("llama.attention.head_count", u(c.n_heads));
+    w.add_metadata("llama.attention.head_count_kv", u(c.n_kv_heads));
+    w.add_metadata("llama.attention.key_length", u(c.head_dim));
+    w.add_metadata("llama.context_length", u(c.context_length));
+    w.add_metadata("llama.rope.freq_base", MetaValue::F32(c.rope_theta as f32));
+    w.add_metadata(
+        "llama.attention.layer_norm_rms_epsilon",
+        MetaValue::F32(c.rms_eps as f32),
+    );
+    w.add_metadata(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(words.iter().cloned().map(MetaValue::String).collect()),
+    );
+    w.add_metadata("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
+    w.add_metadata("tokenizer.ggml.eos_token_id", MetaValue::U32(2));
+    w.add_metadata("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    let mut tensors: Vec<_> = random_weights(&c, seed).into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let gguf = |e: crate::gguf::GgufError| crate::error::BackboneError::Gguf {
+        path: dir.join("model.gguf"),
+        source: e,
+    };
+    for (name, (values, shape)) in &tensors {
+        w.add_tensor(name.as_str(), shape, values, GgmlType::F32)
+            .map_err(gguf)?;
+    }
+    std::fs::create_dir_all(dir).map_err(pema_common::FileError::at(dir))?;
+    w.write(&dir.join("model.gguf")).map_err(gguf)?;
+    let tok = dir.join("tokenizer.json");
+    std::fs::write(&tok, word_level_tokenizer_json(&words))
+        .map_err(pema_common::FileError::at(&tok))?;
+    Ok(())
+}
