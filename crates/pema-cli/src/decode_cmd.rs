@@ -49,11 +49,11 @@ pub struct DecodeArgs {
     #[arg(long)]
     pub refs_out: Option<PathBuf>,
     /// Decode only the first N pairs.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub limit: Option<usize>,
     /// Most sequences decoded together (continuous batching: a finished sequence's place is
     /// taken by the next prompt at once).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::values::count)]
     pub batch_size: usize,
     /// Serving options (shared prefix).
     #[command(flatten)]
@@ -67,10 +67,10 @@ pub struct DecodeArgs {
     #[arg(long, value_enum, default_value_t = ScheduleArg::Gu)]
     pub schedule: ScheduleArg,
     /// λmax (GU's λ₀; the constant λ).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = crate::values::unit)]
     pub lambda_max: f64,
     /// Optional λ floor m (GU variant λ = cur²·(1−m)+m; unused in the paper).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::unit)]
     pub lambda_floor: Option<f64>,
     /// GU horizon L and maximum length: `ratio` (default, from the source length; no
     /// reference at test time), `oracle` (from the reference, the official code's leak;
@@ -78,7 +78,7 @@ pub struct DecodeArgs {
     #[arg(long, default_value = "ratio", value_parser = parse_length)]
     pub length: LengthSpec,
     /// Target/source token-length ratio; default: the adapter's recorded ratio, else 1.5.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     pub length_ratio: Option<f64>,
     /// LoRA directory from `pema lora`: decode with the LoRA-merged backbone.
     #[arg(long, conflicts_with_all = ["adapter", "knn_memory"])]

@@ -20,7 +20,7 @@ pub struct HeadArgs {
     #[arg(long)]
     pub grad_filter: Option<f64>,
     /// Most logits held at once (rows of a chunk × vocabulary size).
-    #[arg(long, default_value_t = 1 << 24)]
+    #[arg(long, default_value_t = 1 << 24, value_parser = crate::values::count)]
     pub head_chunk: usize,
     /// Implementation: `cpu` (host kernel: AVX-512/AVX2 products, fused softmax; the default
     /// on `--device cpu` for training and dev scoring), `tensor` (burn operations on the

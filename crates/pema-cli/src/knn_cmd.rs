@@ -27,20 +27,21 @@ pub struct KnnTuneArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Candidate k values.
-    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64")]
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64", value_parser = crate::values::count)]
     pub k: Vec<usize>,
     /// Candidate temperatures, as multiples of the mean nearest-neighbour distance.
-    #[arg(long, value_delimiter = ',', default_value = "0.1,0.3,1,3,10")]
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.3,1,3,10", value_parser = crate::values::positive)]
     pub temperature_factors: Vec<f64>,
     /// Candidate λ values (0 included: kNN-LM may turn itself off on dev).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9"
+        default_value = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9",
+        value_parser = crate::values::unit,
     )]
     pub lambda: Vec<f64>,
     /// At most this many dev entries (evenly spaced).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = crate::values::count)]
     pub max_dev: usize,
     /// Device.
     #[arg(long, value_enum, default_value_t)]

@@ -24,34 +24,34 @@ pub struct LoraArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// LoRA rank r.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::values::count)]
     pub rank: usize,
     /// LoRA α (the update is scaled by α/r).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, value_parser = crate::values::positive)]
     pub alpha: f64,
     /// Adapted projections of every block: q, k, v, o, gate, up, down, or `all`.
     #[arg(long, default_value = "q,v")]
     pub targets: String,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = crate::values::positive)]
     pub lr: f64,
     /// Pairs per optimiser step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::values::count)]
     pub batch_size: usize,
     /// Maximum number of epochs.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::values::count)]
     pub epochs: usize,
     /// Optional cap on optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::steps)]
     pub max_steps: Option<u64>,
     /// Dev loss every this many steps (the best weights are kept).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::values::steps)]
     pub validate_every: u64,
     /// Stop after this many validations without a new best dev loss.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::values::count)]
     pub patience: usize,
     /// Pairs per dev forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::values::count)]
     pub dev_batch_size: usize,
     /// Seed of the initialisation and shuffling.
     #[arg(long, default_value_t = 0)]

@@ -7,10 +7,13 @@ mod head_args;
 mod knn_cmd;
 mod lora_cmd;
 mod memory_cmd;
+mod preflight;
 mod remote;
+mod report;
 mod score;
 mod serve_args;
 mod train_cmd;
+mod values;
 
 use std::path::PathBuf;
 
@@ -88,10 +91,10 @@ struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = decode_cmd::ScheduleArg::Gu)]
     schedule: decode_cmd::ScheduleArg,
     /// λmax with `--adapter`.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = crate::values::unit)]
     lambda_max: f64,
     /// Maximum number of new tokens (with `--prompt`).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::values::count)]
     max_tokens: usize,
     /// Stop at the end of the line (the paper's stopping rule) instead of only at EOS.
     #[arg(long)]
@@ -383,8 +386,26 @@ impl BackendTask for MemoryBuild<'_> {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors carry a backtrace only when asked for (see `report`); anyhow captures one
+    // whenever RUST_LIB_BACKTRACE (else RUST_BACKTRACE) says so.
+    let capture = if report::backtraces_wanted() {
+        "1"
+    } else {
+        "0"
+    };
+    // SAFETY: the first statement of `main`: no other thread exists that could read the
+    // environment concurrently.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", capture) };
     let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => report::fail(&e),
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    preflight::files_of(&cli.command).check()?;
     match &cli.command {
         Command::Generate(a) => dispatch(a.device, a),
         Command::Nll(a) => dispatch(a.device, a),

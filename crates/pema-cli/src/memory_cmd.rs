@@ -47,19 +47,19 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
     /// Most sequences the PLM runs at once (continuous batching within each shard).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::values::count)]
     pub batch_size: usize,
     /// Serving options (shared prefix).
     #[command(flatten)]
     pub serve: crate::args::ServeArgs,
     /// Pairs per shard (the commit unit: at most this much work is lost in a crash).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::steps)]
     pub pairs_per_shard: u64,
     /// Free-running step budget beyond the target length (paper: 10).
     #[arg(long, default_value_t = 10)]
     pub max_extra_steps: usize,
     /// Use only the first N pairs.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub limit: Option<usize>,
     /// Hide the progress bar.
     #[arg(long)]

@@ -100,13 +100,13 @@ pub struct ServeCmdArgs {
     #[arg(long, value_enum, default_value_t = crate::args::WeightsArg::Packed)]
     pub weights: crate::args::WeightsArg,
     /// Most sessions open at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::values::count)]
     pub max_sessions: usize,
     /// Most rows (sequence steps, all clients together) in one forward.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::values::count)]
     pub max_rows: usize,
     /// Seconds a session may wait for its client before it is dropped.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = crate::values::positive)]
     pub idle_timeout_s: f64,
     /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`).
     #[arg(long, requires = "tls_key")]

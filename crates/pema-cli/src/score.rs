@@ -38,16 +38,16 @@ pub struct ScoreArgs {
     #[arg(long, default_value = "exp")]
     pub smooth_method: String,
     /// Value for floor (default 0.1) or add-k (default 1) smoothing.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::non_negative)]
     pub smooth_value: Option<f64>,
     /// Maximum BLEU n-gram order.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::values::count)]
     pub max_ngram_order: usize,
     /// BLEU effective order (for sentence-level style scoring).
     #[arg(long)]
     pub effective_order: bool,
     /// chrF character n-gram order.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = crate::values::count)]
     pub chrf_char_order: usize,
     /// chrF β.
     #[arg(long, default_value_t = 2)]
@@ -83,7 +83,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub confidence: bool,
     /// Resamples for --confidence.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::values::count)]
     pub confidence_n: usize,
     /// Paired bootstrap resampling test against the first --hyp.
     #[arg(long, conflicts_with = "paired_ar")]
@@ -92,10 +92,10 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub paired_ar: bool,
     /// Resamples for --paired-bs.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::values::count)]
     pub paired_bs_n: usize,
     /// Trials for --paired-ar.
-    #[arg(long, default_value_t = 10000)]
+    #[arg(long, default_value_t = 10000, value_parser = crate::values::count)]
     pub paired_ar_n: usize,
     /// RNG seed for resampling (results are reproducible; streams differ from sacreBLEU's
     /// NumPy RNG, so p-values agree with sacreBLEU only statistically).

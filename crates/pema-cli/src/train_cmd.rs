@@ -24,51 +24,51 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Bottleneck rank r (scale s = 1/r).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::values::count)]
     pub rank: usize,
     /// Weight κ of the reconstruction loss in phase 2: L = κ·L_rct + (1−κ)·L_pd.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = crate::values::unit)]
     pub kappa: f64,
     /// Input dropout probability (training only).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = crate::values::dropout)]
     pub dropout: f64,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::values::positive)]
     pub lr: f64,
     /// Adam epsilon (outside the square root, as in PyTorch).
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = 1e-8, value_parser = crate::values::positive)]
     pub adam_eps: f64,
     /// Phase-1 (reconstruction) batch size.
-    #[arg(long, default_value_t = 20_480)]
+    #[arg(long, default_value_t = 20_480, value_parser = crate::values::count)]
     pub batch1: usize,
     /// Phase-2 (prediction) batch size.
-    #[arg(long, default_value_t = 2_048)]
+    #[arg(long, default_value_t = 2_048, value_parser = crate::values::count)]
     pub batch2: usize,
     /// Maximum epochs per phase.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::values::count)]
     pub epochs: usize,
     /// Optional cap on phase-1 optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::steps)]
     pub max_steps1: Option<u64>,
     /// Optional cap on phase-2 optimiser steps.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::steps)]
     pub max_steps2: Option<u64>,
     /// Validate on the dev memory every this many steps (early stopping: stop when the dev
     /// loss exceeds both previous ones; the best weights are kept).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::values::steps)]
     pub validate_every: u64,
     /// Batch size for dev evaluation (does not change any result; the blockwise head bounds
     /// the logits held at once whatever the batch, see `--head-chunk`).
-    #[arg(long, default_value_t = 2_048)]
+    #[arg(long, default_value_t = 2_048, value_parser = crate::values::count)]
     pub dev_batch: usize,
     /// Validate on at most this many dev entries, evenly spaced (default: all, as the paper).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count)]
     pub dev_max: Option<usize>,
     /// Seed of initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Target/source length ratio to record in the adapter (for leak-free Gradual Unrolling).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     pub length_ratio: Option<f64>,
     /// Start from scratch even if OUT/checkpoint exists.
     #[arg(long)]
@@ -77,7 +77,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_progress: bool,
     /// Stop after this many steps in this run (resume later); for time-limited jobs.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::steps)]
     pub halt_after_steps: Option<u64>,
     /// How keys enter the adapter: `standardize` (pema: (f − μ)/σ per dimension, from the
     /// training memory) or `none` (the paper: raw f(c)).
@@ -216,11 +216,12 @@ pub struct TuneLambdaArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9"
+        default_value = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9",
+        value_parser = crate::values::unit,
     )]
     pub lambda: Vec<f64>,
     /// At most this many dev entries (evenly spaced).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = crate::values::count)]
     pub max_dev: usize,
     /// Device.
     #[arg(long, value_enum, default_value_t)]

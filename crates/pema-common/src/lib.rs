@@ -48,10 +48,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = fs::File::create(&tmp).map_err(FileError::at(&tmp))?;
-        f.write_all(bytes).map_err(FileError::at(&tmp))?;
-        f.sync_all().map_err(FileError::at(&tmp))?;
+    let written = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // A full disk leaves no half-written temporary behind either.
+        let _ = fs::remove_file(&tmp);
+        return Err(FileError::new(tmp, e));
     }
     fs::rename(&tmp, path).map_err(FileError::at(path))?;
     match path.parent() {

@@ -85,11 +85,10 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    use std::io::Write;
-    let io = |e| PipelineError::io(path, e);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let mut text = String::new();
     for l in lines {
-        writeln!(f, "{}", l.as_ref()).map_err(io)?;
+        text.push_str(l.as_ref());
+        text.push('\n');
     }
-    f.flush().map_err(io)
+    Ok(pema_common::write_atomic(path, text.as_bytes())?)
 }

@@ -3,7 +3,6 @@
 //! argmax (greedy, as the official code). Optionally records a [`StepTrace`] per sequence and
 //! step.
 
-use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::{Tensor, backend::Backend};
@@ -166,13 +165,13 @@ fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
 /// Writes traces as JSON lines (one [`StepTrace`] object per line).
 pub fn write_traces_jsonl(path: &Path, traces: &[StepTrace]) -> Result<()> {
     let io = |source| ScheduleError::Io(pema_common::FileError::new(path.to_path_buf(), source));
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut w = std::io::BufWriter::new(file);
+    let mut text = String::new();
     for t in traces {
         let line = serde_json::to_string(t).map_err(|e| io(std::io::Error::other(e)))?;
-        writeln!(w, "{line}").map_err(io)?;
+        text.push_str(&line);
+        text.push('\n');
     }
-    w.flush().map_err(io)
+    Ok(pema_common::write_atomic(path, text.as_bytes())?)
 }
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ impl GgufWriter {
 
     /// Encodes the file and writes it to `path`.
     pub fn write(&self, path: &Path) -> Result<(), GgufError> {
-        std::fs::write(path, self.to_bytes()?)?;
+        pema_common::write_atomic(path, &self.to_bytes()?).map_err(|e| e.source)?;
         Ok(())
     }
 }
