@@ -389,6 +389,15 @@ where
         }
         writer.commit_shard(&shard)?;
         shard_start = shard_end;
+        if cfg.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // The bar draws only on a terminal: a log file gets one line per shard.
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "memory {}: {shard_end}/{n} pairs committed, {new_entries} new entries ({:.0} entries/s)",
+                out.display(),
+                new_entries as f64 / secs
+            );
+        }
     }
     let manifest: Manifest = writer.finish()?;
     bar.finish_and_clear();
