@@ -358,6 +358,15 @@ pub fn train<B: AutodiffBackend>(
     })
 }
 
+/// Whether the early-stopping rule fired at the validation of `step`, the last one in
+/// `history` (its loss above both before it): a resumed phase then stops at once.
+pub fn stop_rule_fired_at(history: &[(u64, f64)], step: u64) -> bool {
+    match history {
+        [.., a, b, (s, loss)] => *s == step && *loss > b.1 && *loss > a.1,
+        _ => false,
+    }
+}
+
 /// Records a validation loss; returns (is a new best, early-stopping rule fired).
 /// The rule (official code): stop when the loss exceeds both of the two previous ones.
 /// A non-finite dev loss is never "best" and is reported by the caller's finite check.

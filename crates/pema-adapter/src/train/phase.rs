@@ -60,11 +60,13 @@ pub(super) fn run_phase<B: AutodiffBackend>(
     let pb = progress_bar(cfg.progress, max_steps, step, pn);
     let mut running: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut running_n = 0u64;
-    let mut early_stopped = false;
+    // A run killed just after checkpointing the validation that fired the early-stopping
+    // rule resumes stopped, as the uninterrupted run stopped there.
+    let mut early_stopped = stop_rule_fired_at(&record.dev_history, step);
     let mut last_validated = step;
     let (mut keys, mut values) = (Vec::new(), Vec::new());
 
-    'epochs: while epoch < pcfg.max_epochs {
+    'epochs: while !early_stopped && epoch < pcfg.max_epochs {
         let perm = permutation(n, mix(mix(cfg.seed, pn as u64), epoch as u64));
         while batch < per_epoch {
             if step >= max_steps {

@@ -113,3 +113,27 @@ fn a_phase_updates_only_its_matrices_and_keeps_adam_state_for_them_alone() {
         );
     }
 }
+
+#[test]
+fn a_resumed_phase_sees_the_stop_its_last_validation_fired() {
+    let mut history = Vec::new();
+    let mut fired = Vec::new();
+    for (step, loss) in [
+        (5, 3.0),
+        (10, 2.5),
+        (15, 2.6),
+        (20, 2.4),
+        (25, 2.45),
+        (30, 2.5),
+    ] {
+        let (_, stop) = record_validation(&mut history, step, loss);
+        fired.push(stop);
+        // What a resume from this validation's checkpoint concludes, the live run concluded.
+        assert_eq!(stop_rule_fired_at(&history, step), stop, "step {step}");
+        assert!(
+            !stop_rule_fired_at(&history, step + 1),
+            "a later step is no stop"
+        );
+    }
+    assert_eq!(fired, [false, false, false, false, false, true]);
+}
