@@ -47,7 +47,7 @@ pub enum AdapterError {
     /// Memory and head disagree (key width ≠ d, value outside the vocabulary, empty memory).
     #[error("memory {what}: {message}")]
     Data {
-        /// Which memory (`train` or `dev`).
+        /// Which memory (`train`, `dev`, or a kNN datastore's directory).
         what: String,
         /// What is wrong.
         message: String,

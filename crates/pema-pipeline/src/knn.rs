@@ -20,7 +20,8 @@ impl Datastore {
     /// Opens a memory and computes its key statistics.
     pub fn open(dir: &Path) -> Result<Self> {
         let store = MemoryStore::open(dir)?;
-        let (mean, std) = pema_adapter::key_stats_host(&store)?;
+        let (mean, std) =
+            pema_adapter::key_stats_host(&store, &format!("{} (kNN datastore)", dir.display()))?;
         Ok(Self { store, mean, std })
     }
 

@@ -239,7 +239,7 @@ pub fn train<B: AutodiffBackend>(
     let log = JsonLog::open(&out.join(LOG_FILE), resumed.is_some())?;
     let key_stats = match cfg.key_norm {
         KeyNorm::None => None,
-        KeyNorm::Standardize => Some(key_stats_of::<B::InnerBackend>(train_mem, device)?),
+        KeyNorm::Standardize => Some(key_stats_of::<B::InnerBackend>(train_mem, "train", device)?),
     };
     let mut ctx = Ctx::<B> {
         head,

@@ -3,19 +3,23 @@
 use super::*;
 
 /// [`key_stats_host`] uploaded as [`KeyStats`].
-pub fn key_stats_of<B: Backend>(mem: &dyn MemorySource, device: &B::Device) -> Result<KeyStats<B>> {
-    let (mean, std) = key_stats_host(mem)?;
+pub fn key_stats_of<B: Backend>(
+    mem: &dyn MemorySource,
+    what: &str,
+    device: &B::Device,
+) -> Result<KeyStats<B>> {
+    let (mean, std) = key_stats_host(mem, what)?;
     Ok(KeyStats::from_host(mean, std, device))
 }
 
-/// Per-dimension mean μ and standard deviation σ of the keys of `mem` (one streaming pass, f64
+/// Per-dimension mean μ and standard deviation σ of the keys of `mem`, named `what` in errors (one streaming pass, f64
 /// sums); σ is floored at 1e-6·(1 + |μ|) so that a constant dimension maps to 0, not NaN.
-pub fn key_stats_host(mem: &dyn MemorySource) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn key_stats_host(mem: &dyn MemorySource, what: &str) -> Result<(Vec<f32>, Vec<f32>)> {
     let d = mem.hidden_size();
     let n = mem.len();
     if n == 0 {
         return Err(AdapterError::Data {
-            what: "train".into(),
+            what: what.into(),
             message: "has no entries".into(),
         });
     }
@@ -51,7 +55,7 @@ pub fn key_stats_host(mem: &dyn MemorySource) -> Result<(Vec<f32>, Vec<f32>)> {
     let mean: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
     if mean.iter().chain(&std).any(|v| !v.is_finite()) {
         return Err(AdapterError::Data {
-            what: "train".into(),
+            what: what.into(),
             message: "key statistics are not finite (a key holds inf or NaN)".into(),
         });
     }
