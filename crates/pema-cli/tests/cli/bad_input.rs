@@ -2,8 +2,7 @@
 //! flag refused while parsing) naming the flag, file or line, before any work is lost — and
 //! never a panic, an abort or a backtrace. The README's reliability table lists these cases.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Asserts a refused flag value: clap's usage error (exit 2) naming the flag.
 #[track_caller]

@@ -1,6 +1,5 @@
 //! Shared set-up of the `pema` binary's end-to-end tests: a tiny random model directory and a
 //! runner that captures exit status, stdout and stderr.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,8 +2,7 @@
 //! and `decode`, and a full disk. Committed work survives, a rerun resumes (or restarts) to
 //! the same result, and no output file is ever left half-written.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
