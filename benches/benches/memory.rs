@@ -43,6 +43,7 @@ fn write_store(dir: &Path, n: usize, dtype: KeyDtype) {
         model_name: "bench".into(),
         model_sha256: "0".repeat(64),
         hidden_size: D,
+        vocab_size: None,
         state: KeyState::pre_final_norm(0),
         dtype,
         tokenizer_fingerprint: "none".into(),

@@ -62,11 +62,16 @@ impl AdapterConfig {
 
     /// Checks ranges (non-zero sizes, p ∈ [0, 1), κ ∈ [0, 1]).
     pub fn validate(&self) -> Result<()> {
-        if self.d == 0 || self.vocab == 0 || self.rank == 0 {
-            return Err(AdapterError::Config(format!(
-                "d ({}), vocab ({}) and rank ({}) must be positive",
-                self.d, self.vocab, self.rank
-            )));
+        for (name, value) in [
+            ("rank r (--rank)", self.rank),
+            ("hidden size d", self.d),
+            ("vocabulary size", self.vocab),
+        ] {
+            if value == 0 {
+                return Err(AdapterError::Config(format!(
+                    "{name} must be positive, got 0"
+                )));
+            }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(AdapterError::Config(format!(
@@ -237,9 +242,16 @@ impl TrainConfig {
         }
     }
 
-    /// Checks ranges of every field.
+    /// Checks ranges of every field (rank ≥ 1, length ratio finite and > 0 when given, …).
     pub fn validate(&self) -> Result<()> {
         self.adapter(1, 1).validate()?;
+        if let Some(r) = self.length_ratio
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(AdapterError::Config(format!(
+                "length ratio (--length-ratio) must be finite and > 0, got {r}"
+            )));
+        }
         for (name, p) in [("phase1", &self.phase1), ("phase2", &self.phase2)] {
             if p.batch_size == 0 || p.max_epochs == 0 {
                 return Err(AdapterError::Config(format!(
@@ -265,5 +277,43 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The settings a resumed run must keep, as (name, value) pairs: every hyper-parameter.
+    /// Free to change on resume: the budget (`max_epochs`, `max_steps`), the run controls
+    /// (`progress`, `resume`, `halt_after_steps`, `log_every`) and `dev_batch_size` (which
+    /// changes memory use, not results).
+    fn resume_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("rank", self.rank.to_string()),
+            ("dropout", self.dropout.to_string()),
+            ("kappa", self.kappa.to_string()),
+            ("phase1 batch size", self.phase1.batch_size.to_string()),
+            ("phase2 batch size", self.phase2.batch_size.to_string()),
+            ("lr", self.lr.to_string()),
+            ("beta1", self.beta1.to_string()),
+            ("beta2", self.beta2.to_string()),
+            ("epsilon", self.epsilon.to_string()),
+            ("validate_every", self.validate_every.to_string()),
+            ("dev_max_entries", format!("{:?}", self.dev_max_entries)),
+            ("seed", self.seed.to_string()),
+            ("length_ratio", format!("{:?}", self.length_ratio)),
+            ("key_norm", format!("{:?}", self.key_norm)),
+            ("plan", format!("{:?}", self.plan)),
+            ("form", format!("{:?}", self.form)),
+            ("phase1_from", format!("{:?}", self.phase1_from)),
+        ]
+    }
+
+    /// Every hyper-parameter that differs between the settings a checkpoint recorded
+    /// (`recorded`) and these, as `name: old → new` (empty when a resume may proceed).
+    pub fn resume_differences(&self, recorded: &TrainConfig) -> Vec<String> {
+        recorded
+            .resume_settings()
+            .into_iter()
+            .zip(self.resume_settings())
+            .filter(|((_, old), (_, new))| old != new)
+            .map(|((name, old), (_, new))| format!("{name}: {old} → {new}"))
+            .collect()
     }
 }

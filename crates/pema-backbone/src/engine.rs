@@ -328,10 +328,17 @@ impl<B: Backend> Plm<B> for Engine<'_, B> {
         self.model.config.vocab_size
     }
 
+    fn context_length(&self) -> Option<usize> {
+        Some(self.model.config.context_length)
+    }
+
     fn device(&self) -> B::Device {
         self.model.device()
     }
 
+    /// Generation is capped at the model's context length: a sequence stops when prompt and
+    /// generated tokens fill it (whatever `options` ask), and a prompt that already fills it
+    /// is refused.
     fn generate(
         &self,
         prompts: &[Vec<u32>],
@@ -344,10 +351,17 @@ impl<B: Backend> Plm<B> for Engine<'_, B> {
             ));
         }
         let vocab = self.model.config.vocab_size as u32;
+        // No sequence runs past the context length, whatever the caller asks for.
+        let ctx = self.model.config.context_length;
+        if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= ctx) {
+            return Err(BackboneError::Invalid(format!(
+                "prompt {i} has {} tokens: it fills the model's context length {ctx}",
+                p.len()
+            )));
+        }
+        let max_for = |i: usize| options.max_for(i).min(ctx - prompts[i].len());
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-        let mut queue: VecDeque<usize> = (0..prompts.len())
-            .filter(|&i| options.max_for(i) > 0)
-            .collect();
+        let mut queue: VecDeque<usize> = (0..prompts.len()).filter(|&i| max_for(i) > 0).collect();
         let mut rows: Vec<Row<B>> = Vec::new();
         loop {
             while rows.len() < self.max_batch {
@@ -387,7 +401,7 @@ impl<B: Backend> Plm<B> for Engine<'_, B> {
                 }
                 let o = &mut out[r.seq];
                 o.push(id);
-                if options.stop_tokens.contains(&id) || o.len() >= options.max_for(r.seq) {
+                if options.stop_tokens.contains(&id) || o.len() >= max_for(r.seq) {
                     *done = true;
                 } else {
                     r.dec.push(id);
@@ -440,6 +454,10 @@ impl<B: Backend> Plm<B> for Transformer<B> {
 
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
+    }
+
+    fn context_length(&self) -> Option<usize> {
+        Some(self.config.context_length)
     }
 
     fn device(&self) -> B::Device {

@@ -53,6 +53,14 @@ impl<B: Backend> LmHead<B> {
                 ),
             });
         }
+        crate::loader::check_finite("output_norm.weight", &norm_weight)?;
+        crate::loader::check_finite("output.weight", &weight)?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(BackboneError::Weight {
+                name: "output_norm.weight".into(),
+                message: format!("RMSNorm epsilon {eps} is not a finite value ≥ 0"),
+            });
+        }
         let fingerprint = fingerprint(&norm_weight, eps, &weight, vocab);
         Ok(Self {
             norm_weight: Tensor::from_data(TensorData::new(norm_weight, [d]), device),

@@ -180,7 +180,24 @@ fn required(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Vec<f
         message: "missing".into(),
     })?;
     check_shape(name, &s, shape)?;
+    check_finite(name, &v)?;
     Ok(v)
+}
+
+/// Refuses a weight tensor holding NaN or ±∞ (one pass as it is loaded); the error names the
+/// tensor, the first bad index and the count.
+pub fn check_finite(name: &str, values: &[f32]) -> Result<()> {
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        let count = values.iter().filter(|x| !x.is_finite()).count();
+        return Err(BackboneError::Weight {
+            name: name.to_string(),
+            message: format!(
+                "{count} non-finite values (first: {} at index {i}); the weights are corrupt",
+                values[i]
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
@@ -218,6 +235,7 @@ fn optional_norm<B: Backend>(
         None => Ok(None),
         Some((w, s)) => {
             check_shape(name, &s, &[dim])?;
+            check_finite(name, &w)?;
             Ok(Some(RmsNorm {
                 weight: Tensor::from_data(TensorData::new(w, [dim]), device),
                 eps,
@@ -287,6 +305,7 @@ pub fn build_transformer<B: Backend>(
     let out = match src.tensor("output.weight")? {
         Some((w, s)) => {
             check_shape("output.weight", &s, &[c.vocab_size, d])?;
+            check_finite("output.weight", &w)?;
             w
         }
         None => embd, // tied embeddings
@@ -341,6 +360,7 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
                 config.eos_token_ids.clone(),
             )?
         };
+        check_tokenizer(&tokenizer, &config, &tok_path, &gguf_path)?;
         let model = build_transformer(config, &file, device)?;
         let weights_sha256 = sha256_files(&[gguf_path])?;
         return Ok(LoadedModel {
@@ -369,6 +389,7 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
             .map(|f| f.path().to_path_buf())
             .collect();
         shards.sort();
+        check_tokenizer(&tokenizer, &config, &tok_path, &cfg_path)?;
         let model = build_transformer(config, &weights, device)?;
         let weights_sha256 = sha256_files(&shards)?;
         return Ok(LoadedModel {
@@ -378,6 +399,28 @@ pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Load
         });
     }
     Err(BackboneError::UnknownLayout(dir.to_path_buf()))
+}
+
+/// [`PemaTokenizer::check_model_vocab`] against the model's vocabulary, naming the tokenizer
+/// file (or the GGUF when the tokenizer comes from it) and the model file.
+fn check_tokenizer(
+    tok: &PemaTokenizer,
+    config: &ModelConfig,
+    tok_path: &Path,
+    model_path: &Path,
+) -> Result<()> {
+    tok.check_model_vocab(config.vocab_size).map_err(|e| {
+        let from = if tok_path.exists() {
+            tok_path
+        } else {
+            model_path
+        };
+        BackboneError::Tokenizer(format!(
+            "{} does not fit {}: {e}",
+            from.display(),
+            model_path.display()
+        ))
+    })
 }
 
 /// sha256 over the concatenated contents of `paths` (hex).

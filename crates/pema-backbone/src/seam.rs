@@ -101,6 +101,11 @@ pub trait Plm<B: Backend> {
     fn vocab_size(&self) -> usize;
     /// The device the model runs on.
     fn device(&self) -> B::Device;
+    /// The most tokens (prompt + generated) one sequence may hold, when known (the model's
+    /// trained context length). Callers refuse longer inputs; `None` skips those checks.
+    fn context_length(&self) -> Option<usize> {
+        None
+    }
     /// Batched generation from token-id prompts. At every step the `policy` sees f(c) and the
     /// logits of every sequence still generating and picks their next tokens.
     /// Returns the generated ids of each sequence (a stop token, when hit, is the last one).

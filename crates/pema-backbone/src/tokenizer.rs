@@ -99,6 +99,40 @@ impl PemaTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One past the largest token id the tokenizer can produce (added tokens included).
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1)
+    }
+
+    /// Checks that the tokenizer fits a model of `vocab_size` tokens: every id it can produce
+    /// (added tokens included) and its BOS/EOS ids must be below `vocab_size`.
+    ///
+    /// A tokenizer with *fewer* ids than the model is accepted: real models pad the embedding
+    /// matrix beyond the tokenizer (the padding rows are never produced by encoding; the model
+    /// may still generate them, and they decode to nothing). Gemma 3 and SmolLM2 match exactly.
+    pub fn check_model_vocab(&self, vocab_size: usize) -> Result<()> {
+        let bound = self.id_bound();
+        if bound > vocab_size {
+            return Err(BackboneError::Tokenizer(format!(
+                "the tokenizer's ids reach {} (vocabulary of {bound} with added tokens) but the model's vocabulary has {vocab_size} tokens: a tokenizer of another model?",
+                bound - 1
+            )));
+        }
+        let special = self.bos.iter().map(|&b| ("BOS", b));
+        for (what, id) in special.chain(self.eos.iter().map(|&e| ("EOS", e))) {
+            if id as usize >= vocab_size {
+                return Err(BackboneError::Tokenizer(format!(
+                    "{what} id {id} is outside the model's vocabulary of {vocab_size} tokens"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether prompts get a BOS token.
     pub fn add_bos(&self) -> bool {
         self.add_bos

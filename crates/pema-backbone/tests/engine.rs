@@ -233,3 +233,25 @@ fn bad_inputs_are_errors() {
     }
     assert!(e.generate(&[vec![1, 2]], &opts, &mut Bad).is_err());
 }
+
+#[test]
+fn generation_stops_at_the_context_length() {
+    use pema_backbone::build_transformer;
+    use pema_backbone::testing::{random_weights, tiny_config};
+    let dev = Default::default();
+    let mut cfg = tiny_config(Family::Llama);
+    cfg.context_length = 12;
+    let w = random_weights(&cfg, 3);
+    let model: Transformer<B> = build_transformer(cfg, &w, &dev).expect("model");
+    // usize::MAX new tokens and no stop token: the context length ends every sequence.
+    let opts = GenerateOptions::uniform(usize::MAX, Vec::new());
+    let out = model
+        .generate(&[vec![1, 5, 6, 7, 8], vec![1, 9]], &opts, &mut Greedy)
+        .expect("generate");
+    assert_eq!(out[0].len(), 12 - 5);
+    assert_eq!(out[1].len(), 12 - 2);
+    let e = model
+        .generate(&[vec![3; 12]], &opts, &mut Greedy)
+        .expect_err("full prompt");
+    assert!(e.to_string().contains("context length 12"), "{e}");
+}

@@ -63,6 +63,10 @@ pub struct LoraMeta {
     pub slots: Vec<LoraSlot>,
     /// Training report, when the weights came from [`crate::train`].
     pub report: Option<LoraReport>,
+    /// sha256 of `lora.safetensors`, recorded by [`Lora::save`] and checked by [`Lora::load`]
+    /// (absent in directories written before it existed: the check is then skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_sha256: Option<String>,
 }
 
 /// LoRA weights `A_i` `[in, r]` and `B_i` `[r, out]` for each slot: a burn module whose
@@ -250,15 +254,31 @@ impl<B: Backend> Lora<B> {
         let mut st_meta = HashMap::new();
         st_meta.insert("pema.format".to_string(), LORA_FORMAT.to_string());
         st_meta.insert("weights_sha256".to_string(), meta.weights_sha256.clone());
-        st::write_f32(&dir.join(WEIGHTS_FILE), &tensors, st_meta)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        st::write_f32(&weights, &tensors, st_meta)?;
+        let meta = LoraMeta {
+            lora_sha256: Some(pema_backbone::loader::sha256_files(&[weights])?),
+            ..meta.clone()
+        };
         let path = dir.join(META_FILE);
-        Ok(pema_common::write_json_pretty(&path, meta)?)
+        Ok(pema_common::write_json_pretty(&path, &meta)?)
     }
 
     /// Reads a LoRA directory written by [`Lora::save`].
     pub fn load(dir: &Path, device: &B::Device) -> Result<(Self, LoraMeta)> {
         let meta = read_meta(dir)?;
         let path = dir.join(WEIGHTS_FILE);
+        if let Some(expected) = &meta.lora_sha256 {
+            let found = pema_backbone::loader::sha256_files(std::slice::from_ref(&path))?;
+            if &found != expected {
+                return Err(LoraError::Format {
+                    path,
+                    message: format!(
+                        "sha256 {found} differs from the {expected} recorded in {META_FILE}: the weights file is corrupt or was replaced"
+                    ),
+                });
+            }
+        }
         let file = st::StFile::open(&path)?;
         let format = file.metadata().get("pema.format").cloned();
         if format.as_deref() != Some(LORA_FORMAT) {
@@ -283,6 +303,15 @@ impl<B: Backend> Lora<B> {
                     return Err(LoraError::Format {
                         path,
                         message: format!("tensor `{name}` has shape {shape:?} for rank {r}"),
+                    });
+                }
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(LoraError::Format {
+                        path,
+                        message: format!(
+                            "tensor `{name}` has a non-finite value {} at index {i}",
+                            v[i]
+                        ),
                     });
                 }
                 out.push(Param::from_tensor(Tensor::from_data(
@@ -472,6 +501,7 @@ mod tests {
             config: cfg("q,v,down"),
             slots: lora.slots.clone(),
             report: None,
+            lora_sha256: None,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         lora.save(dir.path(), &meta).expect("save");

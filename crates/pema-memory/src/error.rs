@@ -96,6 +96,65 @@ pub enum MemoryError {
     /// A caller passed an invalid argument.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A pair's prompt and target do not fit the model's context length.
+    #[error(
+        "pairs file {path}, line {line}: prompt ({prompt} tokens) + target ({target} tokens) = {} tokens exceed the model's context length {context_length}",
+        prompt + target
+    )]
+    TooLong {
+        /// The pairs file.
+        path: PathBuf,
+        /// 1-based line number of the pair.
+        line: usize,
+        /// Prompt tokens.
+        prompt: usize,
+        /// Target tokens.
+        target: usize,
+        /// The model's context length.
+        context_length: usize,
+    },
+    /// A pairs file holds no pair: the memory would be empty.
+    #[error("pairs file {path} holds no pair: refusing to build an empty memory")]
+    NoPairs {
+        /// The pairs file.
+        path: PathBuf,
+    },
+    /// An entry's value (gold token id) lies outside the model's vocabulary.
+    #[error(
+        "memory {path}: entry {entry} (shard file {file}) has value {value}, outside the vocabulary of {vocab} tokens"
+    )]
+    ValueOutOfVocab {
+        /// The memory directory.
+        path: PathBuf,
+        /// Global index of the first bad entry.
+        entry: u64,
+        /// The shard values file holding it.
+        file: String,
+        /// The value.
+        value: u32,
+        /// The vocabulary size it is checked against.
+        vocab: usize,
+    },
+    /// A kNN index entry's value lies outside the model's vocabulary.
+    #[error(
+        "kNN datastore entry {entry} has value {value}, outside the model's vocabulary of {vocab} tokens"
+    )]
+    IndexValueOutOfVocab {
+        /// Global index of the first bad entry.
+        entry: u64,
+        /// The value.
+        value: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The memory was built with another model or tokenizer than the one it is used with.
+    #[error("memory {path} does not fit the model: {message}")]
+    ModelMismatch {
+        /// The memory directory.
+        path: PathBuf,
+        /// Which recorded property differs (recorded → now).
+        message: String,
+    },
 }
 
 impl MemoryError {

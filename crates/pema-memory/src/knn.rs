@@ -150,9 +150,29 @@ impl<B: Backend> ExactKnn<B> {
         self.metric
     }
 
+    /// Key width d.
+    pub fn hidden_size(&self) -> usize {
+        self.d
+    }
+
+    /// Checks that every value is below `vocab` (the model's vocabulary) before the values
+    /// index the model's logits; the error names the first entry that is not.
+    pub fn check_values(&self, vocab: usize) -> Result<()> {
+        match self.values.iter().position(|&v| v as usize >= vocab) {
+            Some(i) => Err(MemoryError::IndexValueOutOfVocab {
+                entry: i as u64,
+                value: self.values[i],
+                vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The `k` nearest entries of each query row of `queries` (`[q, d]`), closest first.
-    /// Fewer than `k` are returned when the memory has fewer entries.
+    /// `k` is clamped to the number of entries N: fewer than `k` are returned when the memory
+    /// has fewer entries (and no memory is reserved for more).
     pub fn search(&self, queries: Tensor<B, 2>, k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        let k = k.min(self.values.len());
         let [nq, d] = queries.dims();
         if d != self.d {
             return Err(MemoryError::Invalid(format!(

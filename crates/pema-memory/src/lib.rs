@@ -6,7 +6,10 @@
 //! - [`manifest`]: the on-disk layout (a directory: `manifest.json` + append-only shards).
 //! - [`writer`]: crash-safe, append-only writing with resume; no size pre-pass.
 //! - [`store`]: [`MemoryStore`], the memory-mapped, zero-copy reader (a [`MemorySource`]).
-//! - [`verify()`]: checks sizes, checksums and consistency of every shard, listing every problem.
+//! - [`verify()`]: checks sizes, checksums and consistency of every shard, listing every problem
+//!   (and, as warnings, the leftovers of an interrupted build).
+//! - [`compat`]: checks where a memory meets a model (key width, vocabulary, tokenizer,
+//!   weights; values inside the vocabulary) and [`MemoryStore::open_verified`] for training.
 //! - [`batch`]: seeded shuffled or in-order batches as burn tensors on any backend.
 //! - [`knn`]: exact k-nearest-neighbour search (L2, inner product) for kNN-LM.
 //! - [`builder`]: runs the PLM over (source, target) pairs ([`pairs`], [`template`]) and writes
@@ -17,6 +20,7 @@
 
 pub mod batch;
 pub mod builder;
+pub mod compat;
 pub mod error;
 pub mod knn;
 pub mod manifest;
@@ -28,7 +32,11 @@ pub mod verify;
 pub mod writer;
 
 pub use batch::{BatchOrder, MemoryBatch, batches};
-pub use builder::{BuildConfig, BuildSummary, ModelInfo, PairTokenizer, build_memory};
+pub use builder::{
+    BuildConfig, BuildSummary, LOW_ENTRIES_PER_PAIR, ModelInfo, PairTokenizer, build_memory,
+    validate_batch_size,
+};
+pub use compat::ModelCheck;
 pub use error::MemoryError;
 pub use knn::{ExactKnn, Metric, Neighbor};
 pub use manifest::{BuildMode, KeyDtype, KeyState, Manifest, MemoryMeta};
@@ -64,6 +72,10 @@ pub trait MemorySource {
     ) -> Result<(), MemoryError>;
     /// A fingerprint of the memory's contents (recorded in trained adapters).
     fn fingerprint(&self) -> String;
+    /// The recorded metadata (model, vocabulary, tokenizer), when the memory has a manifest.
+    fn meta(&self) -> Option<&MemoryMeta> {
+        None
+    }
 }
 
 /// A memory held in RAM: for tests, synthetic tasks and small experiments.
@@ -125,6 +137,7 @@ pub(crate) mod test_util {
             model_name: "synthetic".into(),
             model_sha256: "0".repeat(64),
             hidden_size: d,
+            vocab_size: Some(1000),
             state: KeyState::pre_final_norm(0),
             dtype,
             tokenizer_fingerprint: "none".into(),

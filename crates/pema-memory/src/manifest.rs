@@ -113,6 +113,10 @@ pub struct MemoryMeta {
     pub model_sha256: String,
     /// Key width d (the PLM's hidden size).
     pub hidden_size: usize,
+    /// The model's vocabulary size: every value is below it. Absent (`None`) in memories
+    /// written before it was recorded and in external ones; checks against it are then skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
     /// Which hidden state the keys are.
     pub state: KeyState,
     /// Storage type of the keys.

@@ -289,6 +289,9 @@ impl MemorySource for MemoryStore {
         Ok(())
     }
 
+    fn meta(&self) -> Option<&crate::MemoryMeta> {
+        Some(&self.manifest.meta)
+    }
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
     }

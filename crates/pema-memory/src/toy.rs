@@ -58,6 +58,8 @@ pub struct ToyPlm<B: Backend> {
     pub step_delay: Duration,
     /// A newline is emitted about once every this many steps (0: never).
     pub newline_every: u64,
+    /// Context length reported through [`Plm::context_length`] (`None`: unbounded).
+    pub context_length: Option<usize>,
 }
 
 impl<B: Backend> ToyPlm<B> {
@@ -69,6 +71,7 @@ impl<B: Backend> ToyPlm<B> {
             device: device.clone(),
             step_delay: Duration::ZERO,
             newline_every: 25,
+            context_length: None,
         }
     }
 
@@ -111,6 +114,9 @@ impl<B: Backend> Plm<B> for ToyPlm<B> {
     }
     fn device(&self) -> B::Device {
         self.device.clone()
+    }
+    fn context_length(&self) -> Option<usize> {
+        self.context_length
     }
     fn generate(
         &self,

@@ -38,6 +38,10 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// Everything wrong (empty when the memory is sound).
     pub problems: Vec<Problem>,
+    /// Things worth saying that are not corruption: leftovers of an interrupted build (shard
+    /// files no manifest names, `manifest.json.tmp`). A resumed build overwrites them; they
+    /// can be deleted. They do not make [`VerifyReport::is_ok`] false.
+    pub warnings: Vec<Problem>,
 }
 
 impl VerifyReport {
@@ -50,7 +54,9 @@ impl VerifyReport {
 /// Checks the memory in `dir`: manifest syntax and consistency, and for every shard file its
 /// presence, its size against the manifest (entries × row size; a keys file whose size fits the
 /// other dtype is called out), its sha256, and that provenance lies inside the shard's pair range
-/// in (pair, step) order. Never panics on bad input; every problem names its file.
+/// in (pair, step) order, and, when the manifest records the vocabulary size, that every value
+/// lies below it. Leftover files of an interrupted build are reported as
+/// [`VerifyReport::warnings`]. Never panics on bad input; every problem names its file.
 pub fn verify(dir: &Path) -> VerifyReport {
     let mut report = VerifyReport::default();
     let mpath = dir.join(MANIFEST_FILE);
@@ -137,6 +143,28 @@ pub fn verify(dir: &Path) -> VerifyReport {
                 }),
             }
         }
+        // Values must lie inside the vocabulary, when the manifest records it.
+        let vpath = dir.join(&s.values.file);
+        if let Some(vocab) = manifest.meta.vocab_size
+            && let Ok(b) = fs::read(&vpath)
+            && b.len() as u64 == s.entries * 4
+        {
+            let bad = b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .enumerate()
+                .filter(|(_, v)| *v as usize >= vocab)
+                .collect::<Vec<_>>();
+            if let Some((i, v)) = bad.first() {
+                report.problems.push(Problem {
+                    path: vpath.clone(),
+                    message: format!(
+                        "{} values outside the vocabulary of {vocab} tokens (first: entry {i} of the shard, value {v})",
+                        bad.len()
+                    ),
+                });
+            }
+        }
         // Provenance must lie in the shard's pair range, sorted by (pair, step).
         let ppath = dir.join(&s.provenance.file);
         if let Ok(b) = fs::read(&ppath)
@@ -175,8 +203,45 @@ pub fn verify(dir: &Path) -> VerifyReport {
             }
         }
     }
+    report.warnings = leftovers(dir, &manifest);
     report.manifest = Some(manifest);
     report
+}
+
+/// Files of `dir` an interrupted build left behind: shard files the manifest does not name and
+/// a temporary manifest.
+fn leftovers(dir: &Path, manifest: &Manifest) -> Vec<Problem> {
+    let named: std::collections::HashSet<&str> = manifest
+        .shards
+        .iter()
+        .flat_map(|s| [&s.keys.file, &s.values.file, &s.provenance.file])
+        .map(String::as_str)
+        .collect();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Problem> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|name| {
+            let message = if name == format!("{MANIFEST_FILE}.tmp") {
+                "temporary manifest left by an interrupted write (not used; safe to delete)"
+            } else if name.starts_with("shard-")
+                && [".keys", ".values", ".prov"].iter().any(|x| name.ends_with(x))
+                && !named.contains(name.as_str())
+            {
+                "shard file not named by the manifest: left by an interrupted build (not used; a resumed build overwrites it)"
+            } else {
+                return None;
+            };
+            Some(Problem {
+                path: dir.join(&name),
+                message: message.into(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
 }
 
 /// sha256 of a file, streamed.
@@ -268,6 +333,40 @@ mod tests {
         );
         let e = crate::MemoryStore::open(dir.path()).expect_err("dtype");
         assert!(e.to_string().contains("size matches dtype f32"), "{e}");
+    }
+
+    #[test]
+    fn verify_reports_values_outside_the_recorded_vocabulary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        synthetic(dir.path(), 2, KeyDtype::F32, 8, 4, 5);
+        assert!(verify(dir.path()).is_ok());
+        let mp = dir.path().join(MANIFEST_FILE);
+        let mut man: Manifest =
+            serde_json::from_slice(&fs::read(&mp).expect("read")).expect("manifest");
+        man.meta.vocab_size = Some(10);
+        fs::write(&mp, man.to_bytes()).expect("write");
+        let r = verify(dir.path());
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.message.contains("outside the vocabulary of 10")),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn verify_warns_about_leftover_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        synthetic(dir.path(), 2, KeyDtype::F32, 8, 4, 5);
+        fs::write(dir.path().join("shard-000002.keys"), b"xx").expect("write");
+        fs::write(dir.path().join("manifest.json.tmp"), b"{").expect("write");
+        let r = verify(dir.path());
+        assert!(r.is_ok(), "{:?}", r.problems);
+        let w: Vec<String> = r.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("manifest.json.tmp"), "{w:?}");
+        assert!(w[1].contains("shard-000002.keys") && w[1].contains("interrupted"));
     }
 
     #[test]

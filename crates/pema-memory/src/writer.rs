@@ -288,6 +288,12 @@ fn meta_differences(old: &MemoryMeta, new: &MemoryMeta) -> Vec<String> {
         data_sha256,
         pairs_total
     );
+    // A memory written before the vocabulary was recorded resumes under any vocabulary.
+    if let (Some(a), Some(b)) = (old.vocab_size, new.vocab_size)
+        && a != b
+    {
+        d.push(format!("vocab_size: recorded {a}, now {b}"));
+    }
     d
 }
 

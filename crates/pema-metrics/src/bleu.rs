@@ -30,8 +30,27 @@ pub enum Smoothing {
 }
 
 impl Smoothing {
-    /// Parses sacreBLEU's `--smooth-method` / `--smooth-value` pair (value `None` → default).
+    /// Checks the smoothing value: finite and ≥ 0 (floor, add-k).
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Smoothing::Floor(v) | Smoothing::AddK(v) if !(v.is_finite() && v >= 0.0) => {
+                Err(MetricsError::InvalidConfig(format!(
+                    "the smoothing value (--smooth-value) must be finite and ≥ 0, got {v}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Parses sacreBLEU's `--smooth-method` / `--smooth-value` pair (value `None` → default);
+    /// the value must be finite and ≥ 0.
     pub fn from_name(method: &str, value: Option<f64>) -> Result<Self> {
+        let s = Self::parse_name(method, value)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn parse_name(method: &str, value: Option<f64>) -> Result<Self> {
         match method {
             "none" => Ok(Smoothing::None),
             "exp" => Ok(Smoothing::Exp),
@@ -217,6 +236,7 @@ impl Bleu {
                 "max_ngram_order must be at least 1".into(),
             ));
         }
+        config.smoothing.validate()?;
         Ok(Self { config })
     }
 

@@ -85,6 +85,43 @@ pub struct ScoreOptions {
     pub seed: u64,
 }
 
+impl ScoreOptions {
+    /// Checks the options: at least one metric, resample/trial counts ≥ 1, BLEU smoothing
+    /// value finite and ≥ 0.
+    pub fn validate(&self) -> Result<()> {
+        if self.metrics.is_empty() {
+            return Err(MetricsError::InvalidConfig("no metric to compute".into()));
+        }
+        if self.confidence == Some(0) {
+            return Err(MetricsError::InvalidConfig(
+                "the confidence interval needs at least 1 bootstrap resample (--confidence-n), got 0"
+                    .into(),
+            ));
+        }
+        match self.paired {
+            Some(PairedTest::Bootstrap(0)) => {
+                return Err(MetricsError::InvalidConfig(
+                    "paired bootstrap needs at least 1 resample (--paired-bs-n), got 0".into(),
+                ));
+            }
+            Some(PairedTest::ApproximateRandomization(0)) => {
+                return Err(MetricsError::InvalidConfig(
+                    "approximate randomization needs at least 1 trial (--paired-ar-n), got 0"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        self.bleu.smoothing.validate()?;
+        if self.bleu.max_ngram_order == 0 {
+            return Err(MetricsError::InvalidConfig(
+                "max_ngram_order must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ScoreOptions {
     fn default() -> Self {
         Self {
@@ -275,6 +312,7 @@ pub fn score_files(
     refs: &[PathBuf],
     opts: &ScoreOptions,
 ) -> Result<Vec<MetricReport>> {
+    opts.validate()?;
     if opts.paired.is_some() && hyps.len() < 2 {
         return Err(MetricsError::InvalidConfig(
             "paired tests need two or more hypothesis files".into(),

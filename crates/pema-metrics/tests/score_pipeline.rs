@@ -148,3 +148,39 @@ fn bad_inputs_are_typed_errors_naming_file_and_line() {
         Err(MetricsError::NoReferences)
     ));
 }
+
+#[test]
+fn score_rejects_zero_resamples_and_negative_smoothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = write(&dir, "ref.txt", REF.as_bytes());
+    let h = write(&dir, "hyp.txt", HYP_A.as_bytes());
+    let h2 = write(&dir, "hyp2.txt", HYP_B.as_bytes());
+    let bad = |opts: ScoreOptions, hyps: &[PathBuf], needle: &str| {
+        let e = score_files(hyps, std::slice::from_ref(&r), &opts).expect_err(needle);
+        assert!(matches!(e, MetricsError::InvalidConfig(_)), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    };
+    let one = [h.clone()];
+    let two = [h, h2];
+    bad(
+        ScoreOptions {
+            confidence: Some(0),
+            ..ScoreOptions::default()
+        },
+        &one,
+        "--confidence-n",
+    );
+    bad(
+        ScoreOptions {
+            paired: Some(PairedTest::Bootstrap(0)),
+            ..ScoreOptions::default()
+        },
+        &two,
+        "--paired-bs-n",
+    );
+    let mut opts = ScoreOptions::default();
+    opts.bleu.smoothing = pema_metrics::bleu::Smoothing::Floor(-5.0);
+    bad(opts, &one, "--smooth-value");
+    assert!(pema_metrics::bleu::Smoothing::from_name("add-k", Some(f64::NAN)).is_err());
+    assert!(pema_metrics::bleu::Smoothing::from_name("floor", Some(0.0)).is_ok());
+}

@@ -12,7 +12,7 @@ use pema_schedule::{
     StepTrace, plan_lengths,
 };
 
-use crate::error::Result;
+use crate::error::{PipelineError, Result};
 
 /// The length ratio used when neither the caller nor the adapter records one.
 pub const DEFAULT_LENGTH_RATIO: f64 = 1.5;
@@ -110,8 +110,29 @@ pub fn decode_pairs<B: Backend>(
         None
     };
     let plan = plan_lengths(horizon_mode, max_mode, &source_lens, oracle.as_ref())?;
+    let mut max_new_tokens = plan.max_new_tokens.clone();
+    // `--length N` fixes the number of steps: for the methods without a horizon (the PLM,
+    // kNN-LM) it is the maximum number of new tokens.
+    if let (LengthSpec::Steps(n), DecodeMethod::Plm | DecodeMethod::KnnLm { .. }) =
+        (req.length, &method)
+    {
+        max_new_tokens = vec![n; prompts.len()];
+    }
+    if let Some(ctx) = plm.context_length() {
+        fit_context(req.pairs, &prompts, &mut max_new_tokens, ctx)?;
+    }
+    if let DecodeMethod::KnnLm { index, keys, .. } = &method {
+        // The datastore meets the model here: refuse another model's before any step.
+        pema_schedule::knn_lm::check_datastore(
+            index,
+            keys,
+            plm.hidden_size(),
+            plm.vocab_size(),
+            Some(tok.fingerprint()),
+        )?;
+    }
     let opts = GenerateOptions {
-        max_new_tokens: plan.max_new_tokens.clone(),
+        max_new_tokens,
         stop_tokens: tok.stop_ids(),
     };
     let mut traces = Vec::new();
@@ -125,8 +146,13 @@ pub fn decode_pairs<B: Backend>(
                 keys,
                 params,
             } => {
-                let mut policy = KnnLmPolicy::new(index, keys, params)?;
-                plm.generate(&prompts, &opts, &mut policy)?
+                let mut policy =
+                    KnnLmPolicy::new(index, keys, params, plm.hidden_size(), plm.vocab_size())?;
+                let out = plm.generate(&prompts, &opts, &mut policy)?;
+                if let Some(e) = policy.error() {
+                    return Err(e.into());
+                }
+                out
             }
             DecodeMethod::Pema {
                 logits,
@@ -157,6 +183,27 @@ pub fn decode_pairs<B: Backend>(
         tokens,
         uses_reference: plan.uses_reference,
     })
+}
+
+/// Refuses a pair whose prompt leaves no room in the context length `ctx` (naming its line)
+/// and caps every sequence's new tokens at the room its prompt leaves.
+fn fit_context(
+    pairs: &[Pair],
+    prompts: &[Vec<u32>],
+    max_new_tokens: &mut [usize],
+    ctx: usize,
+) -> Result<()> {
+    for ((pair, prompt), max) in pairs.iter().zip(prompts).zip(max_new_tokens) {
+        if prompt.len() >= ctx {
+            return Err(PipelineError::PromptTooLong {
+                line: pair.line,
+                prompt: prompt.len(),
+                context_length: ctx,
+            });
+        }
+        *max = (*max).min(ctx - prompt.len());
+    }
+    Ok(())
 }
 
 /// The paper's stopping rule on decoded text: everything before the first newline, trimmed.

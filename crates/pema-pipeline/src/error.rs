@@ -14,6 +14,26 @@ pub enum PipelineError {
     /// The request itself is inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// A pair's prompt does not fit the model's context length.
+    #[error(
+        "pair at line {line}: its prompt has {prompt} tokens, the model's context length is {context_length}: no room to generate"
+    )]
+    PromptTooLong {
+        /// 1-based line of the pair in its pairs file.
+        line: usize,
+        /// Prompt tokens.
+        prompt: usize,
+        /// The model's context length.
+        context_length: usize,
+    },
+    /// A parameters file (kNN-LM parameters, …) holds invalid values.
+    #[error("parameters file {path}: {message}")]
+    Params {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The PLM (loading, tokenising, decoding).
     #[error(transparent)]
     Backbone(#[from] pema_backbone::BackboneError),

@@ -52,6 +52,7 @@ pub fn train_lora<B: AutodiffBackend>(
         config: cfg.clone(),
         slots: lora.slots.clone(),
         report: Some(report.clone()),
+        lora_sha256: None,
     };
     lora.save(out, &meta)?;
     Ok(LoraSummary {

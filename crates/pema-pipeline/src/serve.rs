@@ -10,7 +10,7 @@ use pema_backbone::{CpuKernels, Engine, PemaTokenizer, Transformer, gguf::GgufFi
 use pema_memory::PromptTemplate;
 use pema_memory::template::SOURCE_PLACEHOLDER;
 
-use crate::error::{PipelineError, Result};
+use crate::error::Result;
 
 /// Which weights the CPU kernels multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -69,11 +69,7 @@ pub fn engine<'m, B: Backend>(
     serve: &ServeOptions,
     default_weights: CpuWeights,
 ) -> Result<(Engine<'m, B>, EngineInfo)> {
-    if serve.max_batch == 0 {
-        return Err(PipelineError::Invalid(
-            "the batch size must be at least 1".into(),
-        ));
-    }
+    pema_memory::validate_batch_size(serve.max_batch)?;
     let mut e = Engine::new(model).with_max_batch(serve.max_batch);
     let mut info = EngineInfo {
         packed: None,

@@ -27,10 +27,11 @@ pub fn optimised_params(plan: PhasePlan, rank: usize, d: usize) -> usize {
     }
 }
 
-/// Opens a memory, warning on stderr when its build did not finish (the committed entries are
-/// used).
+/// Opens a memory for training, checking the sha256 of every shard file against its manifest
+/// ([`MemoryStore::open_verified`]: training never uses a memory `verify` rejects); warns on
+/// stderr when its build did not finish (the committed entries are used).
 pub fn open_memory(dir: &Path, what: &str) -> Result<MemoryStore> {
-    let m = MemoryStore::open(dir)?;
+    let m = MemoryStore::open_verified(dir)?;
     if !m.is_complete() {
         eprintln!(
             "warning: the {what} memory {} is incomplete (its build did not finish); \
@@ -55,6 +56,14 @@ pub fn train_adapter<B: AutodiffBackend>(
     let t0 = Instant::now();
     let train_mem = open_memory(memory, "training")?;
     let dev_mem = open_memory(dev_memory, "dev")?;
+    let check = pema_memory::ModelCheck {
+        hidden_size: head.hidden_size(),
+        vocab_size: head.vocab_size(),
+        tokenizer_fingerprint: None,
+        model_sha256: None,
+    };
+    train_mem.check_model(&check)?;
+    dev_mem.check_model(&check)?;
     eprintln!(
         "pema train: head {} (d {}, vocab {}), memory {} entries, dev {} entries, rank {}, κ {}",
         head.model,

@@ -14,6 +14,14 @@ pub enum ScheduleError {
     /// Per-sequence inputs of different lengths.
     #[error("length plan: {0}")]
     Shape(String),
+    /// A memory or index does not fit the head/model it is used with, or holds values outside
+    /// its vocabulary.
+    #[error(transparent)]
+    Memory(#[from] pema_memory::MemoryError),
+    /// kNN-LM decoding could not use the datastore at some step (it never falls back to the
+    /// PLM alone silently).
+    #[error("kNN-LM decoding: {0}")]
+    Knn(String),
     /// Writing a trace file failed.
     #[error(transparent)]
     Io(#[from] pema_common::FileError),

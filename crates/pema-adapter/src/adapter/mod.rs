@@ -374,8 +374,13 @@ impl<B: Backend> PemaAdapter<B> {
         let mut st_meta = HashMap::new();
         st_meta.insert("pema.format".to_string(), ADAPTER_FORMAT.to_string());
         st_meta.insert("head_fingerprint".into(), meta.head_fingerprint.clone());
-        pema_backbone::st::write_f32(&dir.join(WEIGHTS_FILE), &views, st_meta)?;
-        write_json(&dir.join(CONFIG_FILE), meta)
+        let weights = dir.join(WEIGHTS_FILE);
+        pema_backbone::st::write_f32(&weights, &views, st_meta)?;
+        let meta = AdapterMeta {
+            weights_sha256: Some(pema_backbone::loader::sha256_files(&[weights])?),
+            ..meta.clone()
+        };
+        write_json(&dir.join(CONFIG_FILE), &meta)
     }
 
     /// Loads an artifact written by [`PemaAdapter::save`] and checks it against `head`:
@@ -417,6 +422,19 @@ impl<B: Backend> PemaAdapter<B> {
         let config = meta.adapter_config();
         config.validate()?;
         let path = dir.join(WEIGHTS_FILE);
+        // Artifacts written before the checksum was recorded load without the check.
+        if let Some(expected) = &meta.weights_sha256 {
+            let found = pema_backbone::loader::sha256_files(std::slice::from_ref(&path))?;
+            if &found != expected {
+                return Err(AdapterError::Format {
+                    path: path.clone(),
+                    message: format!(
+                        "sha256 {found} differs from the {expected} recorded in {}: the weights file is corrupt or was replaced",
+                        cfg_path.display()
+                    ),
+                });
+            }
+        }
         let file = pema_backbone::st::StFile::open(&path)?;
         let (d, r) = (config.d, config.rank);
         let get = |name: &str, shape: [usize; 2]| -> Result<Vec<f32>> {
@@ -425,6 +443,15 @@ impl<B: Backend> PemaAdapter<B> {
                 return Err(AdapterError::Format {
                     path: path.clone(),
                     message: format!("tensor `{name}` has shape {s:?}, config implies {shape:?}"),
+                });
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(AdapterError::Format {
+                    path: path.clone(),
+                    message: format!(
+                        "tensor `{name}` has a non-finite value {} at index {i}",
+                        v[i]
+                    ),
                 });
             }
             Ok(v)
@@ -491,6 +518,10 @@ pub struct AdapterMeta {
     pub form: HpdForm,
     /// Training summary (best steps, losses, configuration).
     pub training: serde_json::Value,
+    /// sha256 of the weights file, recorded by [`PemaAdapter::save`] and checked on load
+    /// (absent in artifacts written before it existed: the check is then skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
 }
 
 impl AdapterMeta {

@@ -237,6 +237,7 @@ fn test_meta<B: Backend>(
         key_norm,
         form: cfg.form,
         training: serde_json::Value::Null,
+        weights_sha256: None,
     }
 }
 
@@ -263,6 +264,11 @@ fn artifact_round_trips_and_refuses_another_head() {
     let dir = tempfile::tempdir().expect("tempdir");
     ad.save(dir.path(), &meta).expect("save");
     let (back, meta2) = PemaAdapter::<B>::load(dir.path(), &head, &dev).expect("load");
+    assert!(meta2.weights_sha256.is_some());
+    let meta2 = AdapterMeta {
+        weights_sha256: None,
+        ..meta2
+    };
     assert_eq!(meta, meta2);
     assert_eq!(host(&back.a).expect("a"), host(&ad.a).expect("a"));
     assert_eq!(host(&back.b_pd).expect("b"), host(&ad.b_pd).expect("b"));
@@ -323,4 +329,64 @@ fn key_statistics_standardize_and_round_trip() {
         host(&back.logits(&head, f.clone())).expect("l"),
         host(&ad.logits(&head, f)).expect("l")
     );
+}
+
+fn saved_adapter(dir: &Path, b_pd: Vec<f32>) -> (FusedHead<NdArray<f64>>, AdapterConfig) {
+    type B = NdArray<f64>;
+    let dev = Default::default();
+    let (d, v) = (4, 7);
+    let head = tiny_head::<B>(d, v, &dev);
+    let cfg = AdapterConfig {
+        d,
+        vocab: v,
+        rank: 2,
+        dropout: 0.0,
+        kappa: 0.2,
+        form: Default::default(),
+    };
+    let mut ad = PemaAdapter::<B>::new(cfg, 1, &dev).expect("adapter");
+    ad.b_pd = Param::from_tensor(Tensor::from_data(TensorData::new(b_pd, [2, d]), &dev));
+    ad.save(dir, &test_meta(&cfg, &head, KeyNorm::None))
+        .expect("save");
+    (head, cfg)
+}
+
+#[test]
+fn adapter_weights_are_checksummed_and_old_artifacts_still_load() {
+    type B = NdArray<f64>;
+    let dev = Default::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (head, _) = saved_adapter(dir.path(), pseudo(8, 0.5));
+    PemaAdapter::<B>::load(dir.path(), &head, &dev).expect("sound");
+    // One mantissa byte of the last value changed: still finite, but not what was saved.
+    let w = dir.path().join(WEIGHTS_FILE);
+    let mut bytes = std::fs::read(&w).expect("read");
+    let at = bytes.len() - 4;
+    bytes[at] ^= 0x01;
+    std::fs::write(&w, bytes).expect("write");
+    let e = PemaAdapter::<B>::load(dir.path(), &head, &dev).expect_err("corrupt");
+    assert!(
+        e.to_string().contains("sha256") && e.to_string().contains(WEIGHTS_FILE),
+        "{e}"
+    );
+    // An artifact without a recorded checksum (written before it existed) loads unchecked.
+    let cfg = dir.path().join(CONFIG_FILE);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).expect("read")).expect("json");
+    json.as_object_mut()
+        .expect("object")
+        .remove("weights_sha256");
+    std::fs::write(&cfg, json.to_string()).expect("write");
+    PemaAdapter::<B>::load(dir.path(), &head, &dev).expect("old artifact loads");
+}
+
+#[test]
+fn adapter_with_nan_weights_is_refused() {
+    type B = NdArray<f64>;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = pseudo(8, 0.5);
+    b[3] = f32::NAN;
+    let (head, _) = saved_adapter(dir.path(), b);
+    let e = PemaAdapter::<B>::load(dir.path(), &head, &Default::default()).expect_err("NaN");
+    assert!(e.to_string().contains("non-finite"), "{e}");
 }

@@ -71,25 +71,12 @@ pub(super) fn check_resume(
     if let Some(why) = st.provenance.mismatch(&Provenance::new(head, train, dev)) {
         return bad(format!("the checkpoint was {why}"));
     }
-    let c = &st.config;
-    if c.rank != cfg.rank
-        || c.dropout != cfg.dropout
-        || c.kappa != cfg.kappa
-        || c.phase1.batch_size != cfg.phase1.batch_size
-        || c.phase2.batch_size != cfg.phase2.batch_size
-        || c.seed != cfg.seed
-        || c.validate_every != cfg.validate_every
-        || c.key_norm != cfg.key_norm
-        || c.plan != cfg.plan
-        || c.form != cfg.form
-        || c.dev_max_entries != cfg.dev_max_entries
-    {
-        return bad(
-            "rank, dropout, kappa, batch sizes, seed, validate_every, key_norm, plan, form and the dev subsample must \
-             match the checkpoint \
-             (start over without resume to change them)"
-                .into(),
-        );
+    let diff = cfg.resume_differences(&st.config);
+    if !diff.is_empty() {
+        return bad(format!(
+            "the settings differ from the checkpoint's ({}); start over without resume to change them",
+            diff.join("; ")
+        ));
     }
     Ok(())
 }

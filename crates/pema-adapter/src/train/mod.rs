@@ -339,6 +339,7 @@ pub fn train<B: AutodiffBackend>(
         length_ratio: cfg.length_ratio,
         key_norm: cfg.key_norm,
         form: cfg.form,
+        weights_sha256: None,
         training: serde_json::json!({
             "config": cfg,
             "memory_entries": train_mem.len(),

@@ -201,7 +201,7 @@ fn validate<B: AutodiffBackend>(
     last: bool,
     t0: Instant,
 ) -> Result<(DevMetrics, bool)> {
-    let m = evaluate(ctx, adapter, phase)?;
+    let m = evaluate(ctx, adapter, phase, step)?;
     let (improved, stop) = record_validation(&mut record.dev_history, step, m.loss);
     if improved || record.best_metrics.is_none() {
         record.best = adapter.clone();
@@ -246,6 +246,7 @@ pub(super) fn evaluate<B: AutodiffBackend>(
     ctx: &Ctx<'_, B>,
     adapter: &PemaAdapter<B::InnerBackend>,
     phase: Phase,
+    step: u64,
 ) -> Result<DevMetrics> {
     let all =
         pema_memory::evenly_spaced(ctx.dev.len(), ctx.cfg.dev_max_entries.unwrap_or(usize::MAX));
@@ -289,7 +290,7 @@ pub(super) fn evaluate<B: AutodiffBackend>(
     if !m.loss.is_finite() {
         return Err(AdapterError::NonFinite {
             phase: phase.number(),
-            step: 0,
+            step,
             what: "dev loss".into(),
             value: m.loss,
             checkpoint: ctx.last_checkpoint.clone(),

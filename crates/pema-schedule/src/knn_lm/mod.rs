@@ -107,6 +107,36 @@ impl MemorySource for StandardizedSource<'_> {
     fn fingerprint(&self) -> String {
         format!("standardized:{}", self.inner.fingerprint())
     }
+    fn meta(&self) -> Option<&pema_memory::MemoryMeta> {
+        self.inner.meta()
+    }
+}
+
+/// Checks a kNN datastore (`keys` and its `index`) against a model of width `d` and
+/// vocabulary `vocab` (and its tokenizer, when known) before any tensor operation: key width,
+/// the recorded vocabulary and tokenizer, and every value inside the vocabulary.
+pub fn check_datastore<B: Backend>(
+    index: &ExactKnn<B>,
+    keys: &StandardizedSource<'_>,
+    d: usize,
+    vocab: usize,
+    tokenizer_fingerprint: Option<&str>,
+) -> Result<()> {
+    let check = pema_memory::ModelCheck {
+        hidden_size: d,
+        vocab_size: vocab,
+        tokenizer_fingerprint,
+        model_sha256: None,
+    };
+    pema_memory::compat::check_source(keys, &check)?;
+    if index.hidden_size() != d {
+        return Err(ScheduleError::Config(format!(
+            "the kNN index has key width {}, the model's hidden size is {d}",
+            index.hidden_size()
+        )));
+    }
+    index.check_values(vocab)?;
+    Ok(())
 }
 
 /// log P_kNN(y) for every value y among `neighbors` (the first `k` are used), from their
@@ -157,25 +187,48 @@ pub fn mix_pair(log_knn: f64, log_lm: f64, lambda: f64) -> f64 {
 ///
 /// P_kNN is sparse, so the argmax is either the PLM's own argmax or one of the neighbours'
 /// values: only those columns of log P_LM are read back from the device.
+///
+/// A step where the datastore cannot be used (a search error, a shape mismatch) does not fall
+/// back to the PLM silently: the policy records the first such error ([`KnnLmPolicy::error`])
+/// and the caller must fail the decoding with it.
 pub struct KnnLmPolicy<'a, B: Backend> {
     index: &'a ExactKnn<B>,
     keys: &'a StandardizedSource<'a>,
     params: KnnLmParams,
+    error: Option<String>,
 }
 
 impl<'a, B: Backend> KnnLmPolicy<'a, B> {
-    /// A policy over `index` (built on `keys`, the standardised training memory).
+    /// A policy over `index` (built on `keys`, the standardised training memory) for a model
+    /// of hidden size `d` and vocabulary `vocab`: checks the parameters and the datastore
+    /// against the model ([`check_datastore`]) before any step.
     pub fn new(
         index: &'a ExactKnn<B>,
         keys: &'a StandardizedSource<'a>,
         params: KnnLmParams,
+        d: usize,
+        vocab: usize,
     ) -> Result<Self> {
         params.validate()?;
+        check_datastore(index, keys, d, vocab, None)?;
         Ok(Self {
             index,
             keys,
             params,
+            error: None,
         })
+    }
+
+    /// The first step error, if any: decoding must fail with it (see the type's docs).
+    pub fn error(&self) -> Option<ScheduleError> {
+        self.error.clone().map(ScheduleError::Knn)
+    }
+
+    /// Records a step error and returns the PLM's choice so the batch can end; the caller
+    /// fails on [`KnnLmPolicy::error`].
+    fn fail(&mut self, message: String, fallback: Vec<u32>) -> Vec<u32> {
+        self.error.get_or_insert(message);
+        fallback
     }
 }
 
@@ -192,12 +245,26 @@ impl<B: Backend> StepPolicy<B> for KnnLmPolicy<'_, B> {
         let mut q = host_f32(out.context.0.clone());
         let lm_argmax = pema_backbone::seam::argmax_rows(out.logits.clone());
         if q.len() != n * d || lm_argmax.len() != n {
-            return lm_argmax;
+            return self.fail(
+                format!("step output of {n} rows × {d} could not be read back"),
+                lm_argmax,
+            );
         }
         self.keys.apply(&mut q);
-        let Ok(neigh) = self.index.search_host(&q, self.params.k) else {
-            return lm_argmax;
+        let neigh = match self.index.search_host(&q, self.params.k) {
+            Ok(neigh) => neigh,
+            Err(e) => return self.fail(format!("kNN search: {e}"), lm_argmax),
         };
+        let vocab = out.logits.dims()[1];
+        if let Some(v) = neigh.iter().flatten().find(|nb| nb.value as usize >= vocab) {
+            return self.fail(
+                format!(
+                    "datastore entry {} has value {}, outside the vocabulary of {vocab}",
+                    v.id, v.value
+                ),
+                lm_argmax,
+            );
+        }
         let knn: Vec<Vec<(u32, f64)>> = neigh
             .iter()
             .map(|nb| knn_log_probs(nb, self.params.k, self.params.temperature))
@@ -217,7 +284,10 @@ impl<B: Backend> StepPolicy<B> for KnnLmPolicy<'_, B> {
         let idx_t = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, width]), &device);
         let lp = host_f32(log_softmax(out.logits.clone(), 1).gather(1, idx_t));
         if lp.len() != n * width {
-            return lm_argmax;
+            return self.fail(
+                "P_LM of the candidates could not be read back".into(),
+                lm_argmax,
+            );
         }
         let lambda = self.params.lambda;
         (0..n)
@@ -268,6 +338,12 @@ pub struct KnnTuneReport {
 /// Chooses k, T and λ on the dev memory by the NLL of its gold values under
 /// λ·P_kNN + (1−λ)·P_LM. Temperatures are `temp_factors` × the mean nearest-neighbour distance.
 /// At most `max_dev` dev entries are used (evenly spaced).
+///
+/// Every candidate k must be ≥ 1, every temperature factor finite and > 0, every λ in [0, 1].
+/// Candidate k values above the datastore's size N are clamped to N (k > N retrieves the same
+/// N neighbours), so the reported best k never exceeds N. Before any tensor operation the
+/// datastore and the dev memory are checked against the head: key width d = the head's hidden
+/// size, recorded vocabulary = the head's, and every value inside the head's vocabulary.
 #[allow(clippy::too_many_arguments)]
 pub fn tune_knn_lm<B: Backend>(
     index: &ExactKnn<B>,
@@ -279,12 +355,48 @@ pub fn tune_knn_lm<B: Backend>(
     lambdas: &[f64],
     max_dev: usize,
 ) -> Result<KnnTuneReport> {
-    let kmax = ks.iter().copied().max().unwrap_or(0);
-    if kmax == 0 || temp_factors.is_empty() || lambdas.is_empty() || dev.is_empty() {
+    if ks.is_empty() || temp_factors.is_empty() || lambdas.is_empty() || dev.is_empty() {
         return Err(ScheduleError::Config(
-            "kNN-LM tuning needs non-empty grids, k ≥ 1 and a non-empty dev memory".into(),
+            "kNN-LM tuning needs non-empty k, temperature and λ grids and a non-empty dev memory"
+                .into(),
         ));
     }
+    if let Some(k) = ks.iter().find(|&&k| k == 0) {
+        return Err(ScheduleError::Config(format!(
+            "kNN-LM candidate k must be ≥ 1, got {k}"
+        )));
+    }
+    if let Some(t) = temp_factors.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+        return Err(ScheduleError::Config(format!(
+            "kNN-LM temperature factors must be finite and > 0, got {t}"
+        )));
+    }
+    if let Some(l) = lambdas.iter().find(|l| !(0.0..=1.0).contains(*l)) {
+        return Err(ScheduleError::Config(format!(
+            "kNN-LM λ values must be in [0, 1], got {l}"
+        )));
+    }
+    if index.is_empty() {
+        return Err(ScheduleError::Config("the kNN datastore is empty".into()));
+    }
+    let (hd, vocab) = (head.hidden_size(), head.vocab_size());
+    check_datastore(index, keys, hd, vocab, None)?;
+    let dev_check = pema_memory::ModelCheck {
+        hidden_size: hd,
+        vocab_size: vocab,
+        tokenizer_fingerprint: None,
+        model_sha256: None,
+    };
+    pema_memory::compat::check_source(dev, &dev_check)?;
+    // k > N retrieves the same N neighbours: clamp, keeping the grid's order without repeats.
+    let mut ks_eff: Vec<usize> = Vec::with_capacity(ks.len());
+    for k in ks.iter().map(|&k| k.min(index.len())) {
+        if !ks_eff.contains(&k) {
+            ks_eff.push(k);
+        }
+    }
+    let ks = ks_eff.as_slice();
+    let kmax = ks.iter().copied().max().unwrap_or(1);
     let ids = evenly_spaced(dev.len(), max_dev);
     let take = ids.len();
     let d = dev.hidden_size();
@@ -296,6 +408,12 @@ pub fn tune_knn_lm<B: Backend>(
         let (mut k, mut v) = (Vec::new(), Vec::new());
         dev.gather(chunk, &mut k, &mut v)
             .map_err(|e| ScheduleError::Config(format!("reading the dev memory: {e}")))?;
+        if let Some(j) = v.iter().position(|&y| y as usize >= vocab) {
+            return Err(ScheduleError::Config(format!(
+                "dev memory entry {} has value {}, outside the head's vocabulary of {vocab}",
+                chunk[j], v[j]
+            )));
+        }
         let m = chunk.len();
         let f = Tensor::<B, 2>::from_data(TensorData::new(k.clone(), [m, d]), &device);
         let y = pema_adapter::head_ce::targets::<B>(&v, &device);
@@ -366,128 +484,4 @@ pub fn tune_knn_lm<B: Backend>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::backend::NdArray;
-    use pema_backbone::ContextRepr;
-    use pema_memory::{InMemory, Metric};
-
-    type B = NdArray<f32>;
-
-    fn nb(distance: f32, value: u32) -> Neighbor {
-        Neighbor {
-            distance,
-            value,
-            id: 0,
-        }
-    }
-
-    #[test]
-    fn knn_distribution_sums_to_one_and_merges_values() {
-        let n = [nb(0.0, 3), nb(1.0, 5), nb(1.0, 3), nb(9.0, 7)];
-        let p = knn_log_probs(&n, 3, 1.0);
-        assert_eq!(p.len(), 2, "k = 3 sees values 3 and 5 only");
-        let total: f64 = p.iter().map(|(_, l)| l.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-12);
-        let p3 = p.iter().find(|(v, _)| *v == 3).expect("3").1.exp();
-        let e = (-1f64).exp();
-        assert!((p3 - (1.0 + e) / (1.0 + 2.0 * e)).abs() < 1e-12);
-        // Very low temperature: all mass on the nearest neighbour.
-        let cold = knn_log_probs(&n, 4, 1e-3);
-        assert!((cold.iter().find(|(v, _)| *v == 3).expect("3").1).abs() < 1e-9);
-    }
-
-    #[test]
-    fn mixing_extremes_and_value() {
-        assert_eq!(mix_pair(-1.0, -2.0, 0.0), -2.0);
-        assert_eq!(mix_pair(-1.0, -2.0, 1.0), -1.0);
-        let m = mix_pair(0.5f64.ln(), 0.25f64.ln(), 0.4);
-        assert!((m.exp() - (0.4 * 0.5 + 0.6 * 0.25)).abs() < 1e-12);
-        assert_eq!(
-            mix_pair(f64::NEG_INFINITY, f64::NEG_INFINITY, 0.5),
-            f64::NEG_INFINITY
-        );
-    }
-
-    fn toy() -> (InMemory, FusedHead<B>) {
-        // d = 2, vocab 4: keys near (1, 0) say token 2, keys near (0, 1) say token 3.
-        let keys = vec![1.0, 0.0, 1.1, 0.1, 0.0, 1.0, 0.1, 1.2];
-        let mem = InMemory {
-            keys,
-            values: vec![2, 2, 3, 3],
-            d: 2,
-            tag: "toy".into(),
-        };
-        let w = vec![0.0f32; 4 * 2];
-        let head = pema_backbone::LmHead::<B>::from_host(
-            vec![1.0, 1.0],
-            1e-6,
-            w,
-            4,
-            "toy",
-            &Default::default(),
-        )
-        .expect("head");
-        let head = FusedHead::new(&head, Default::default()).expect("fused");
-        (mem, head)
-    }
-
-    #[test]
-    fn policy_follows_neighbours_when_lambda_is_high() {
-        let (mem, _) = toy();
-        let dev = Default::default();
-        let std = StandardizedSource::new(&mem, vec![0.0, 0.0], vec![1.0, 1.0]).expect("std");
-        let index = ExactKnn::<B>::new(&std, Metric::L2, 0, &dev).expect("index");
-        // PLM prefers token 1 in both rows (moderately).
-        let logits = vec![0.0, 2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0];
-        let out = StepOutput {
-            seqs: vec![0, 1],
-            steps: vec![0, 0],
-            context: ContextRepr(Tensor::from_data(
-                TensorData::new(vec![1.0, 0.05, 0.05, 1.0], [2, 2]),
-                &dev,
-            )),
-            logits: Tensor::from_data(TensorData::new(logits, [2, 4]), &dev),
-        };
-        let params = |lambda| KnnLmParams {
-            k: 2,
-            temperature: 1.0,
-            lambda,
-        };
-        let mut p0 = KnnLmPolicy::new(&index, &std, params(0.0)).expect("policy");
-        assert_eq!(p0.next_tokens(&out), vec![1, 1]);
-        let mut p9 = KnnLmPolicy::new(&index, &std, params(0.9)).expect("policy");
-        assert_eq!(p9.next_tokens(&out), vec![2, 3]);
-        assert!(KnnLmPolicy::new(&index, &std, params(1.5)).is_err());
-    }
-
-    #[test]
-    fn tuning_prefers_the_memory_when_it_predicts_the_dev_values() {
-        let (mem, head) = toy();
-        let dev = Default::default();
-        let std = StandardizedSource::new(&mem, vec![0.0, 0.0], vec![1.0, 1.0]).expect("std");
-        let index = ExactKnn::<B>::new(&std, Metric::L2, 0, &dev).expect("index");
-        let dev_mem = InMemory {
-            keys: vec![0.9, 0.0, 0.0, 0.9],
-            values: vec![2, 3],
-            d: 2,
-            tag: "dev".into(),
-        };
-        let r = tune_knn_lm(
-            &index,
-            &std,
-            &dev_mem,
-            &head,
-            &[1, 2],
-            &[0.5, 1.0],
-            &[0.0, 0.5, 0.99],
-            100,
-        )
-        .expect("tune");
-        // Uniform head: PLM NLL = ln 4; the memory is right, so the largest λ wins.
-        assert!((r.plm_nll - 4f64.ln()).abs() < 1e-6, "{}", r.plm_nll);
-        assert_eq!(r.best.params.lambda, 0.99);
-        assert!(r.best.nll < 0.1 * r.plm_nll);
-        assert_eq!(r.grid.len(), 2 * 2 * 3);
-    }
-}
+mod tests;

@@ -89,6 +89,29 @@ pub struct BuildConfig {
     pub progress: bool,
 }
 
+/// The one check of a batch size (memory builds and decoding alike): at least 1.
+pub fn validate_batch_size(batch_size: usize) -> Result<()> {
+    if batch_size == 0 {
+        return Err(MemoryError::Invalid(
+            "the batch size (--batch-size) must be at least 1, got 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl BuildConfig {
+    /// Checks the options: batch size and pairs per shard at least 1.
+    pub fn validate(&self) -> Result<()> {
+        validate_batch_size(self.batch_size)?;
+        if self.pairs_per_shard == 0 {
+            return Err(MemoryError::Invalid(
+                "pairs per shard (--pairs-per-shard) must be at least 1, got 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for BuildConfig {
     fn default() -> Self {
         Self {
@@ -117,6 +140,22 @@ pub struct BuildSummary {
     pub shards: usize,
     /// Wall time of this run, seconds.
     pub seconds: f64,
+    /// Entries per pair on average (`entries / pairs_total`). A free-running build whose PLM
+    /// stops early (e.g. a newline after one token) yields few: see [`LOW_ENTRIES_PER_PAIR`].
+    pub entries_per_pair: f64,
+}
+
+/// Below this many entries per pair on average a build deserves a warning
+/// ([`BuildSummary::is_low_yield`]): the targets of MT-style pairs are several tokens long, so
+/// fewer than 2 entries per pair means the PLM mostly stopped after its first token
+/// (free-running) — usually a template or stop-token problem.
+pub const LOW_ENTRIES_PER_PAIR: f64 = 2.0;
+
+impl BuildSummary {
+    /// True when the memory holds fewer than [`LOW_ENTRIES_PER_PAIR`] entries per pair.
+    pub fn is_low_yield(&self) -> bool {
+        self.pairs_total > 0 && self.entries_per_pair < LOW_ENTRIES_PER_PAIR
+    }
 }
 
 /// Step policy of free-running construction: records f(c_t) of every active sequence and
@@ -292,6 +331,7 @@ where
     T: PairTokenizer + ?Sized,
 {
     let started = Instant::now();
+    cfg.validate()?;
     if model.hidden_size != plm.hidden_size() {
         return Err(MemoryError::Invalid(format!(
             "model info says d = {}, the PLM has {}",
@@ -305,6 +345,11 @@ where
         ));
     }
     let n = cfg.limit.map_or(pairs.len(), |l| l.min(pairs.len()));
+    if n == 0 {
+        return Err(MemoryError::NoPairs {
+            path: pairs.path.clone(),
+        });
+    }
     if u32::try_from(n).is_err() {
         return Err(MemoryError::Invalid(format!(
             "{n} pairs exceed the u32 provenance range"
@@ -314,6 +359,7 @@ where
         model_name: model.name.clone(),
         model_sha256: model.weights_sha256.clone(),
         hidden_size: model.hidden_size,
+        vocab_size: Some(plm.vocab_size()),
         state: model.state.clone(),
         dtype: cfg.dtype,
         tokenizer_fingerprint: tokenizer.fingerprint(),
@@ -324,8 +370,8 @@ where
         data_file: pairs.path.display().to_string(),
         data_sha256: pairs.sha256.clone(),
         pairs_total: n as u64,
-        pairs_per_shard: cfg.pairs_per_shard.max(1),
-        batch_size: cfg.batch_size.max(1),
+        pairs_per_shard: cfg.pairs_per_shard,
+        batch_size: cfg.batch_size,
     };
     let mut writer = MemoryWriter::open_or_create(out, meta)?;
     let per_shard = writer.manifest().meta.pairs_per_shard;
@@ -360,11 +406,33 @@ where
                 .iter()
                 .map(|p| tokenizer.encode_target(&cfg.template.target_text(&p.target)))
                 .collect::<Result<Vec<_>>>()?;
+            // Refuse a pair that does not fit the context before the PLM allocates anything.
+            if let Some(ctx) = plm.context_length() {
+                for ((p, pr), g) in batch.iter().zip(&prompts).zip(&gold) {
+                    if pr.len() + g.len() > ctx {
+                        return Err(MemoryError::TooLong {
+                            path: pairs.path.clone(),
+                            line: p.line,
+                            prompt: pr.len(),
+                            target: g.len(),
+                            context_length: ctx,
+                        });
+                    }
+                }
+            }
+            let room = |prompt: &Vec<u32>| {
+                plm.context_length()
+                    .map_or(usize::MAX, |c| c.saturating_sub(prompt.len()))
+            };
             let keys = match cfg.mode {
                 BuildMode::FreeRunning => {
-                    // The PLM sees prompts and a step budget (len(target) + 10), not targets.
-                    let budgets: Vec<usize> =
-                        gold.iter().map(|g| g.len() + cfg.max_extra_steps).collect();
+                    // The PLM sees prompts and a step budget (len(target) + 10, within the
+                    // context length), not targets.
+                    let budgets: Vec<usize> = gold
+                        .iter()
+                        .zip(&prompts)
+                        .map(|(g, p)| (g.len() + cfg.max_extra_steps).min(room(p)))
+                        .collect();
                     free_running_contexts(plm, &prompts, &budgets, &stop_ids)?
                 }
                 _ => teacher_forced_contexts(plm, &prompts, &gold)?,
@@ -407,6 +475,7 @@ where
         entries: manifest.entries,
         shards: manifest.shards.len(),
         seconds: started.elapsed().as_secs_f64(),
+        entries_per_pair: manifest.entries as f64 / (n as f64).max(1.0),
     })
 }
 
@@ -426,234 +495,4 @@ fn progress_bar(show: bool, len: u64, pos: u64) -> indicatif::ProgressBar {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::toy::{ToyPlm, ToyTokenizer};
-    use crate::{MemorySource, MemoryStore};
-    use burn::backend::NdArray;
-    use burn::tensor::Tensor;
-    use std::cell::RefCell;
-
-    type B = NdArray<f32>;
-
-    fn model(d: usize) -> ModelInfo {
-        ModelInfo {
-            name: "toy".into(),
-            weights_sha256: "1".repeat(64),
-            hidden_size: d,
-            state: KeyState::pre_final_norm(1),
-        }
-    }
-
-    fn pairs_file(dir: &Path, n: usize) -> PairsFile {
-        let mut text = String::new();
-        for i in 0..n {
-            let tgt = "ZQ".repeat(i % 5);
-            text.push_str(&format!(
-                "{{\"en\":\"source number {i}\",\"du\":\"{tgt}\"}}\n"
-            ));
-        }
-        let p = dir.join("pairs.jsonl");
-        std::fs::write(&p, text).expect("write pairs");
-        PairsFile::read(&p).expect("pairs")
-    }
-
-    fn entries(dir: &Path) -> (Vec<f32>, Vec<u32>, Vec<Provenance>) {
-        let s = MemoryStore::open(dir).expect("open");
-        let ids: Vec<u64> = (0..s.len() as u64).collect();
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        s.gather(&ids, &mut k, &mut v).expect("gather");
-        let p = ids
-            .iter()
-            .map(|&i| s.provenance(i).expect("prov"))
-            .collect();
-        (k, v, p)
-    }
-
-    #[test]
-    fn free_running_follows_the_paper() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let pairs = pairs_file(tmp.path(), 13);
-        let dev = Default::default();
-        let plm = ToyPlm::<B>::new(6, &dev);
-        let tok = ToyTokenizer;
-        let cfg = BuildConfig {
-            batch_size: 3,
-            pairs_per_shard: 5,
-            ..BuildConfig::default()
-        };
-        let out = tmp.path().join("mem");
-        let sum = build_memory(&plm, &tok, &model(6), &pairs, &cfg, &out).expect("build");
-        assert_eq!((sum.pairs_total, sum.pairs_skipped, sum.shards), (13, 0, 3));
-        // Reference: greedy toy decoding, key t = f(prompt + ŵ_<t), value y_t.
-        let (mut rk, mut rv, mut rp) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, p) in pairs.pairs.iter().enumerate() {
-            let mut hist = tok
-                .encode_prompt(&cfg.template.render(&p.source))
-                .expect("enc");
-            let gold = tok.encode_target(&p.target).expect("enc");
-            let mut steps = 0;
-            for _ in 0..gold.len() + 10 {
-                rk.push(plm.context_of(&hist));
-                steps += 1;
-                let t = plm.next_of(&hist);
-                hist.push(t);
-                if tok.stop_ids().contains(&t) {
-                    break;
-                }
-            }
-            rk.truncate(rk.len() - (steps - steps.min(gold.len())));
-            for (t, &y) in gold.iter().enumerate().take(steps) {
-                rv.push(y);
-                rp.push(Provenance {
-                    pair: i as u32,
-                    step: t as u32,
-                });
-            }
-        }
-        let (k, v, p) = entries(&out);
-        assert_eq!(v, rv);
-        assert_eq!(p, rp);
-        assert_eq!(k, rk.concat());
-        assert!(crate::verify(&out).is_ok());
-        // Running again on a complete memory skips everything and changes nothing.
-        let before = std::fs::read(out.join("manifest.json")).expect("read");
-        let again = build_memory(&plm, &tok, &model(6), &pairs, &cfg, &out).expect("rebuild");
-        assert_eq!(again.pairs_skipped, 13);
-        assert_eq!(
-            before,
-            std::fs::read(out.join("manifest.json")).expect("read")
-        );
-    }
-
-    #[test]
-    fn teacher_forced_uses_the_gold_prefix() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let pairs = pairs_file(tmp.path(), 7);
-        let dev = Default::default();
-        let plm = ToyPlm::<B>::new(4, &dev);
-        let tok = ToyTokenizer;
-        let cfg = BuildConfig {
-            mode: BuildMode::TeacherForced,
-            dtype: KeyDtype::F16,
-            batch_size: 2,
-            pairs_per_shard: 3,
-            ..BuildConfig::default()
-        };
-        let out = tmp.path().join("mem");
-        build_memory(&plm, &tok, &model(4), &pairs, &cfg, &out).expect("build");
-        let (k, v, _) = entries(&out);
-        let mut rk = Vec::new();
-        let mut rv = Vec::new();
-        for p in &pairs.pairs {
-            let mut hist = tok
-                .encode_prompt(&cfg.template.render(&p.source))
-                .expect("enc");
-            for y in tok.encode_target(&p.target).expect("enc") {
-                rk.extend(
-                    plm.context_of(&hist)
-                        .iter()
-                        .map(|&x| half::f16::from_f32(x).to_f32()),
-                );
-                rv.push(y);
-                hist.push(y);
-            }
-        }
-        assert_eq!(v, rv);
-        assert_eq!(k, rk);
-    }
-
-    /// A PLM wrapper that records everything the PLM side is given.
-    struct Spy {
-        inner: ToyPlm<B>,
-        seen: RefCell<Vec<Vec<u32>>>,
-        teacher_calls: RefCell<usize>,
-    }
-
-    impl Plm<B> for Spy {
-        fn hidden_size(&self) -> usize {
-            self.inner.d
-        }
-        fn vocab_size(&self) -> usize {
-            self.inner.vocab
-        }
-        fn device(&self) -> burn::backend::ndarray::NdArrayDevice {
-            self.inner.device
-        }
-        fn generate(
-            &self,
-            prompts: &[Vec<u32>],
-            options: &GenerateOptions,
-            policy: &mut dyn StepPolicy<B>,
-        ) -> pema_backbone::error::Result<Vec<Vec<u32>>> {
-            self.seen.borrow_mut().extend(prompts.iter().cloned());
-            self.inner.generate(prompts, options, policy)
-        }
-        fn teacher_forced_contexts(
-            &self,
-            prompts: &[Vec<u32>],
-            continuations: &[Vec<u32>],
-        ) -> pema_backbone::error::Result<Vec<Tensor<B, 2>>> {
-            *self.teacher_calls.borrow_mut() += 1;
-            self.inner.teacher_forced_contexts(prompts, continuations)
-        }
-    }
-
-    #[test]
-    fn free_running_never_shows_targets_to_the_plm() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let pairs = pairs_file(tmp.path(), 9);
-        let dev = Default::default();
-        let spy = Spy {
-            inner: ToyPlm::new(3, &dev),
-            seen: RefCell::new(Vec::new()),
-            teacher_calls: RefCell::new(0),
-        };
-        let cfg = BuildConfig::default();
-        build_memory(
-            &spy,
-            &ToyTokenizer,
-            &model(3),
-            &pairs,
-            &cfg,
-            &tmp.path().join("m"),
-        )
-        .expect("build");
-        let marker = ToyTokenizer.encode_target("ZQ").expect("enc");
-        let seen = spy.seen.borrow();
-        assert_eq!(seen.len(), 9);
-        for p in seen.iter() {
-            assert!(
-                !p.windows(2).any(|w| w == marker.as_slice()),
-                "target leaked: {p:?}"
-            );
-        }
-        assert_eq!(*spy.teacher_calls.borrow(), 0);
-    }
-
-    #[test]
-    fn resume_refuses_different_metadata_and_limit_works() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let pairs = pairs_file(tmp.path(), 10);
-        let dev = Default::default();
-        let plm = ToyPlm::<B>::new(3, &dev);
-        let out = tmp.path().join("m");
-        let cfg = BuildConfig {
-            limit: Some(4),
-            ..BuildConfig::default()
-        };
-        let s = build_memory(&plm, &ToyTokenizer, &model(3), &pairs, &cfg, &out).expect("b");
-        assert_eq!(s.pairs_total, 4);
-        let cfg2 = BuildConfig {
-            template: PromptTemplate::formality(),
-            ..cfg.clone()
-        };
-        let e = build_memory(&plm, &ToyTokenizer, &model(3), &pairs, &cfg2, &out)
-            .expect_err("mismatch");
-        assert!(matches!(e, MemoryError::ResumeMismatch { .. }), "{e}");
-        assert!(e.to_string().contains("template"), "{e}");
-        let e =
-            build_memory(&plm, &ToyTokenizer, &model(4), &pairs, &cfg, &out).expect_err("width");
-        assert!(matches!(e, MemoryError::Invalid(_)), "{e}");
-    }
-}
+mod tests;
