@@ -133,8 +133,20 @@ pub fn word_level_tokenizer_json(words: &[String]) -> String {
 /// `tokenizer.json`, word level over [`tiny_vocabulary`]) that `load_model_dir` and the `pema`
 /// binary load like a real one: for end-to-end tests of the command line.
 pub fn write_tiny_model_dir(dir: &std::path::Path, seed: u64) -> Result<()> {
-    use crate::gguf::{GgmlType, GgufWriter, MetaValue};
     let c = tiny_config(Family::Llama);
+    let weights = random_weights(&c, seed);
+    write_model_dir(dir, &c, weights)
+}
+
+/// Writes a Llama-family model directory for `c` with the given canonical weights (F32) and a
+/// word-level tokenizer over [`tiny_vocabulary`]: for tests that need a model of another
+/// shape, or a damaged one.
+pub fn write_model_dir(
+    dir: &std::path::Path,
+    c: &ModelConfig,
+    weights: HashMap<String, (Vec<f32>, Vec<usize>)>,
+) -> Result<()> {
+    use crate::gguf::{GgmlType, GgufWriter, MetaValue};
     let words = tiny_vocabulary(c.vocab_size);
     let mut w = GgufWriter::new();
     let u = |v: usize| MetaValue::U32(v as u32);
@@ -159,7 +171,7 @@ pub fn write_tiny_model_dir(dir: &std::path::Path, seed: u64) -> Result<()> {
     w.add_metadata("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
     w.add_metadata("tokenizer.ggml.eos_token_id", MetaValue::U32(2));
     w.add_metadata("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
-    let mut tensors: Vec<_> = random_weights(&c, seed).into_iter().collect();
+    let mut tensors: Vec<_> = weights.into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let gguf = |e: crate::gguf::GgufError| crate::error::BackboneError::Gguf {
         path: dir.join("model.gguf"),

@@ -135,6 +135,7 @@ pub fn run<B: Backend>(
         tokenizer: &m.tokenizer,
         head: &m.model.head,
         kernels: engine.kernels_name(),
+        weights_sha256: Some(&m.weights_sha256),
     };
     decode_with(args, &plm, one, start.elapsed(), device)
 }
@@ -167,6 +168,7 @@ pub fn run_remote<B: Backend>(
         tokenizer: &tok,
         head: plm.head(),
         kernels: "remote",
+        weights_sha256: None,
     };
     decode_with(args, &source, one, start.elapsed(), device)
 }
@@ -181,6 +183,9 @@ pub struct Source<'a, B: Backend> {
     pub head: &'a LmHead<B>,
     /// What runs it, for the log line.
     pub kernels: &'static str,
+    /// sha256 of the PLM's weights where known (in process): a kNN datastore must come from
+    /// the same model.
+    pub weights_sha256: Option<&'a str>,
 }
 
 /// Decodes with `source`; the summary's time is `setup` (engine or connection) plus decoding.
@@ -262,6 +267,15 @@ pub fn decode_some<B: Backend>(
         ),
         None => None,
     };
+    if let (Some(d), Some(sha)) = (&datastore, source.weights_sha256) {
+        // Another model of the same shape and tokenizer would pass every other check.
+        d.check_model(&pema_memory::ModelCheck {
+            hidden_size: source.head.hidden_size(),
+            vocab_size: source.head.vocab_size(),
+            tokenizer_fingerprint: Some(source.tokenizer.fingerprint()),
+            model_sha256: Some(sha),
+        })?;
+    }
     let knn_keys = datastore.as_ref().map(|d| d.standardized()).transpose()?;
     let knn_index = knn_keys
         .as_ref()

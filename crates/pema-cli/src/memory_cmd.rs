@@ -137,6 +137,9 @@ pub fn run(cmd: &MemoryCmd) -> Result<()> {
         }
         MemoryCmd::Verify { dir } => {
             let report = verify(dir);
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
             if report.is_ok() {
                 println!(
                     "OK: {} shards, {} entries, {:.1} MiB checked",
@@ -184,6 +187,13 @@ where
         summary.shards,
         summary.seconds
     );
+    if summary.is_low_yield() {
+        eprintln!(
+            "warning: only {:.2} entries per pair: the PLM stopped almost at once on most prompts \
+             (check --template and the model; the paper's targets are sentences)",
+            summary.entries_per_pair
+        );
+    }
     Ok(summary)
 }
 
