@@ -415,8 +415,12 @@ fn check_tokenizer(
         } else {
             model_path
         };
+        let why = match e {
+            BackboneError::Tokenizer(m) => m,
+            other => other.to_string(),
+        };
         BackboneError::Tokenizer(format!(
-            "{} does not fit {}: {e}",
+            "{} does not fit {}: {why}",
             from.display(),
             model_path.display()
         ))

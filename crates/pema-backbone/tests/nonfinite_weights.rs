@@ -13,9 +13,7 @@ fn nan_weights_are_refused_naming_the_tensor() {
     if let Some((v, _)) = w.get_mut("blk.1.ffn_up.weight") {
         v[5] = f32::NAN;
     }
-    let e = build_transformer::<B>(cfg.clone(), &w, &Default::default())
-        .err()
-        .expect("NaN weight");
+    let e = build_transformer::<B>(cfg.clone(), &w, &Default::default()).expect_err("NaN weight");
     let text = e.to_string();
     assert!(
         text.contains("blk.1.ffn_up.weight") && text.contains("NaN"),
@@ -25,9 +23,7 @@ fn nan_weights_are_refused_naming_the_tensor() {
     if let Some((v, _)) = w.get_mut("output_norm.weight") {
         v[0] = f32::INFINITY;
     }
-    let e = build_transformer::<B>(cfg, &w, &Default::default())
-        .err()
-        .expect("inf weight");
+    let e = build_transformer::<B>(cfg, &w, &Default::default()).expect_err("inf weight");
     assert!(e.to_string().contains("output_norm.weight"), "{e}");
 }
 

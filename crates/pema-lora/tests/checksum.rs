@@ -47,7 +47,7 @@ fn lora_weights_are_checksummed_on_load() {
     let at = bytes.len() - 4;
     bytes[at] ^= 0x01;
     std::fs::write(&w, bytes).expect("write");
-    let e = Lora::<B>::load(dir.path(), &dev).err().expect("corrupt");
+    let e = Lora::<B>::load(dir.path(), &dev).expect_err("corrupt");
     assert!(e.to_string().contains("sha256"), "{e}");
     // Without a recorded checksum (an older directory) the file loads unchecked.
     let p = dir.path().join(META_FILE);

@@ -44,7 +44,7 @@ fn request<'a>(p: &'a [Pair], t: &'a PromptTemplate, length: LengthSpec) -> Deco
 fn decode_refuses_a_prompt_longer_than_the_context() {
     let (model, tok, template) = setup();
     // 300 words > the tiny model's context length of 256.
-    let long = vec!["a"; 300].join(" ");
+    let long = ["a"; 300].join(" ");
     let p = pairs(&["b c", &long]);
     let req = request(&p, &template, LengthSpec::Ratio);
     let e = decode_pairs(&model, &tok, &req, DecodeMethod::Plm).expect_err("too long");
