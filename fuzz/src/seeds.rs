@@ -193,6 +193,7 @@ fn tiny_vocab() -> (Vec<String>, Vec<String>) {
         ("o", "n"),
         ("r", "e"),
         ("Ġ", "a"),
+        ("h", "e"),
         ("Ġt", "he"),
         ("e", "l"),
         ("l", "o"),
