@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{BackboneError, Result};
 use crate::gguf::GgufFile;
 
+/// Most layers a model may declare (real models have at most a few hundred).
+pub const MAX_LAYERS: usize = 4096;
+
 /// The model families pema implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,13 +86,28 @@ impl ModelConfig {
             && !(il + 1).is_multiple_of(self.sliding_window_pattern)
     }
 
-    /// Number of weights of the model (embedding counted once when tied).
+    /// Number of weights of the model (embedding counted once when tied); saturates at
+    /// `usize::MAX` for sizes no file can hold ([`ModelConfig::validate`] rejects those).
     pub fn n_params(&self) -> usize {
+        self.checked_params().unwrap_or(usize::MAX)
+    }
+
+    /// [`ModelConfig::n_params`], `None` when it overflows.
+    fn checked_params(&self) -> Option<usize> {
         let d = self.hidden_size;
-        let q = self.n_heads * self.head_dim;
-        let kv = self.n_kv_heads * self.head_dim;
-        let per_block = d * q + 2 * d * kv + q * d + 3 * d * self.ffn_size;
-        self.vocab_size * d + self.n_layers * per_block
+        let q = self.n_heads.checked_mul(self.head_dim)?;
+        let kv = self.n_kv_heads.checked_mul(self.head_dim)?;
+        let per_block = [
+            d.checked_mul(q)?,
+            d.checked_mul(kv)?.checked_mul(2)?,
+            q.checked_mul(d)?,
+            d.checked_mul(self.ffn_size)?.checked_mul(3)?,
+        ]
+        .into_iter()
+        .try_fold(0usize, usize::checked_add)?;
+        self.vocab_size
+            .checked_mul(d)?
+            .checked_add(self.n_layers.checked_mul(per_block)?)
     }
 
     /// Checks the invariants the model code relies on.
@@ -112,6 +130,26 @@ impl ModelConfig {
         }
         if !(self.rms_eps > 0.0 && self.rope_theta > 0.0 && self.rope_theta_local > 0.0) {
             return bad("eps and RoPE bases must be positive".into());
+        }
+        // Sizes come from a model file: refuse what no real model has before anything is
+        // allocated or multiplied per layer.
+        if self.n_layers > MAX_LAYERS {
+            return bad(format!("{} layers (more than {MAX_LAYERS})", self.n_layers));
+        }
+        if self
+            .checked_params()
+            .is_none_or(|n| n > isize::MAX as usize / 4)
+        {
+            return bad(format!(
+                "sizes overflow: d {}, {} × {} heads ({} kv), ffn {}, vocab {}, {} layers",
+                self.hidden_size,
+                self.n_heads,
+                self.head_dim,
+                self.n_kv_heads,
+                self.ffn_size,
+                self.vocab_size,
+                self.n_layers
+            ));
         }
         Ok(())
     }

@@ -54,8 +54,7 @@ impl PemaTokenizer {
 
     /// Builds a tokenizer from the text of a `tokenizer.json`.
     pub fn from_json(json: &str, add_bos: bool, bos: Option<u32>, eos: Vec<u32>) -> Result<Self> {
-        let inner: tokenizers::Tokenizer = json
-            .parse()
+        let inner: tokenizers::Tokenizer = guarded("parsing tokenizer.json", || json.parse())?
             .map_err(|e| BackboneError::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
         let mut h = Sha256::new();
         h.update(json.as_bytes());
@@ -165,23 +164,22 @@ impl PemaTokenizer {
 
     /// Encodes text that continues a sequence: no BOS, no other special tokens added.
     pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
+        let enc = guarded("encoding", || self.inner.encode(text, false))?
             .map_err(|e| BackboneError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
+        guarded("decoding", || self.inner.decode(ids, true))?
             .map_err(|e| BackboneError::Tokenizer(e.to_string()))
     }
 
     /// The text of one token (special tokens included), or `None` for an unknown id.
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.inner.decode(&[id], false).ok()
+        guarded("decoding", || self.inner.decode(&[id], false))
+            .ok()?
+            .ok()
     }
 
     /// Ids that end a line-oriented generation: every EOS id and every token whose text
@@ -206,6 +204,22 @@ impl PemaTokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Runs `f`, turning a panic into [`BackboneError::Tokenizer`]: the `tokenizers` crate panics
+/// (`expect`) on some malformed `tokenizer.json` definitions instead of returning an error, and
+/// a tokenizer file is user input.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        BackboneError::Tokenizer(format!(
+            "{what}: the tokenizers library failed on this tokenizer: {message}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -241,6 +255,28 @@ mod tests {
         let no_bos = PemaTokenizer::from_json(&tiny_json(), false, Some(0), vec![1]).expect("tok");
         assert_eq!(no_bos.encode_prompt("hello").expect("enc"), vec![2]);
         assert_ne!(t.fingerprint(), no_bos.fingerprint());
+    }
+
+    /// Fuzz regressions: the tokenizers crate `expect`s on a syntax error inside `decoder` and
+    /// on a malformed `Precompiled` normaliser; both must come back as typed errors.
+    #[test]
+    fn tokenizers_library_panics_become_typed_errors() {
+        let bad_decoder = tiny_json().replace(
+            "\"decoder\":null",
+            "\"decoder\":{\"type\":\"Fuse\",\"x\":t@ue}",
+        );
+        assert_ne!(bad_decoder, tiny_json());
+        let bad_charsmap = tiny_json().replace(
+            "\"normalizer\":null",
+            "\"normalizer\":{\"type\":\"Precompiled\",\"precompiled_charsmap\":\"!\"}",
+        );
+        assert_ne!(bad_charsmap, tiny_json());
+        for json in [bad_decoder, bad_charsmap] {
+            assert!(matches!(
+                PemaTokenizer::from_json(&json, false, None, vec![]),
+                Err(BackboneError::Tokenizer(_))
+            ));
+        }
     }
 
     #[test]

@@ -505,3 +505,50 @@ fn writer_rejects_bad_input() {
     );
     assert!(w.to_bytes().is_err());
 }
+
+/// Fuzz regressions (`fuzz/regressions/gguf/`): absurd sizes in the metadata are config errors,
+/// found before anything is multiplied per layer or allocated: a head count × head size that
+/// overflows `usize` (a panic in `n_params`), and a block count of 4 × 10⁹ (a loop over every
+/// layer's tensor names that never ends).
+#[test]
+fn absurd_model_sizes_are_config_errors() {
+    let config = |edit: &[(&str, u32)]| {
+        let mut w = GgufWriter::new();
+        w.add_metadata("general.architecture", MetaValue::String("llama".into()));
+        let mut kv = vec![
+            ("embedding_length", 32),
+            ("block_count", 2),
+            ("feed_forward_length", 64),
+            ("attention.head_count", 4),
+            ("attention.head_count_kv", 2),
+            ("vocab_size", 16),
+        ];
+        for &(k, v) in edit {
+            match kv.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1 = v,
+                None => kv.push((k, v)),
+            }
+        }
+        for (k, v) in kv {
+            w.add_metadata(format!("llama.{k}"), MetaValue::U32(v));
+        }
+        let file = GgufFile::from_bytes(w.to_bytes().expect("bytes")).expect("parses");
+        pema_backbone::ModelConfig::from_gguf(&file, "t")
+    };
+    let ok = config(&[]).expect("the plain config is valid");
+    assert!(ok.n_params() > 0);
+    for edit in [
+        &[("block_count", u32::MAX)][..],
+        &[("block_count", 100_000)],
+        &[
+            ("attention.head_count", 0xFFFF_FFF0),
+            ("attention.key_length", 0xFFFF_FFF0),
+        ],
+        &[("embedding_length", u32::MAX), ("vocab_size", u32::MAX)],
+    ] {
+        match config(edit) {
+            Err(pema_backbone::BackboneError::Config(_)) => {}
+            other => panic!("{edit:?}: expected a config error, got {other:?}"),
+        }
+    }
+}

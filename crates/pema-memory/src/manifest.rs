@@ -220,9 +220,10 @@ impl Manifest {
         }
     }
 
-    /// Bytes per key row (d × dtype size).
+    /// Bytes per key row (d × dtype size; saturating, so an absurd `hidden_size` read from a
+    /// file gives `u64::MAX`, which [`Manifest::problems`] reports, instead of overflowing).
     pub fn key_row_bytes(&self) -> u64 {
-        self.meta.hidden_size as u64 * self.meta.dtype.size()
+        (self.meta.hidden_size as u64).saturating_mul(self.meta.dtype.size())
     }
 
     /// Path of the manifest of the memory in `dir`.
@@ -267,6 +268,15 @@ impl Manifest {
         if self.meta.pairs_per_shard == 0 {
             p.push("pairs_per_shard is 0".into());
         }
+        if (self.meta.hidden_size as u64)
+            .checked_mul(self.meta.dtype.size())
+            .is_none()
+        {
+            p.push(format!(
+                "hidden_size {} is too large",
+                self.meta.hidden_size
+            ));
+        }
         let row = self.key_row_bytes();
         let mut next_pair = 0u64;
         let mut total = 0u64;
@@ -297,7 +307,13 @@ impl Manifest {
                         s.index, info.file
                     ));
                 }
-                let want = s.entries.saturating_mul(per);
+                let Some(want) = s.entries.checked_mul(per) else {
+                    p.push(format!(
+                        "shard {}: {} entries × {per} bytes overflows",
+                        s.index, s.entries
+                    ));
+                    continue;
+                };
                 if info.bytes != want {
                     p.push(format!(
                         "shard {}: `{}` recorded as {} bytes but {} entries × {per} bytes = {want} (dtype {}, d = {})",
@@ -344,7 +360,10 @@ impl Manifest {
     /// A human-readable summary (what `pema memory info` prints).
     pub fn summary(&self) -> String {
         let m = &self.meta;
-        let key_bytes: u64 = self.shards.iter().map(|s| s.keys.bytes).sum();
+        let key_bytes = self
+            .shards
+            .iter()
+            .fold(0u64, |a, s| a.saturating_add(s.keys.bytes));
         let mut s = String::new();
         let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
         line(

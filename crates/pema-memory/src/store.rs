@@ -51,7 +51,10 @@ pub(crate) fn size_hint(found: u64, expected: u64, row: Option<(u64, u64)>) -> S
         && entries > 0
     {
         for dt in [KeyDtype::F32, KeyDtype::F16] {
-            if found == entries * d * dt.size() && found != expected {
+            let size = entries
+                .checked_mul(d)
+                .and_then(|n| n.checked_mul(dt.size()));
+            if size == Some(found) && found != expected {
                 return format!(
                     " (size matches dtype {}: wrong dtype in the manifest?)",
                     dt.name()
@@ -109,7 +112,9 @@ impl MemoryStore {
                 values: Mapped::open(&dir.join(&s.values.file), s.values.bytes, None)?,
                 provenance: Mapped::open(&dir.join(&s.provenance.file), s.provenance.bytes, None)?,
             });
-            total += s.entries;
+            total = total
+                .checked_add(s.entries)
+                .ok_or_else(|| MemoryError::Invalid("the shards' entry counts overflow".into()))?;
         }
         offsets.push(total);
         Ok(Self {

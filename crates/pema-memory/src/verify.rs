@@ -91,9 +91,15 @@ pub fn verify(dir: &Path) -> VerifyReport {
     for s in &manifest.shards {
         report.shards_checked += 1;
         let files = [
-            (&s.keys, s.entries * row, Some((s.entries, d))),
-            (&s.values, s.entries * 4, None),
-            (&s.provenance, s.entries * PROVENANCE_BYTES, None),
+            // Saturating: the manifest's own problems (reported above) may include sizes that
+            // overflow; every file is still checked.
+            (&s.keys, s.entries.saturating_mul(row), Some((s.entries, d))),
+            (&s.values, s.entries.saturating_mul(4), None),
+            (
+                &s.provenance,
+                s.entries.saturating_mul(PROVENANCE_BYTES),
+                None,
+            ),
         ];
         for (info, expected, hint_row) in files {
             if info.file.contains(['/', '\\']) || info.file.starts_with('.') {
@@ -168,7 +174,7 @@ pub fn verify(dir: &Path) -> VerifyReport {
         // Provenance must lie in the shard's pair range, sorted by (pair, step).
         let ppath = dir.join(&s.provenance.file);
         if let Ok(b) = fs::read(&ppath)
-            && b.len() as u64 == s.entries * PROVENANCE_BYTES
+            && Some(b.len() as u64) == s.entries.checked_mul(PROVENANCE_BYTES)
         {
             let prov: Vec<Provenance> = b
                 .chunks_exact(8)
@@ -264,6 +270,42 @@ mod tests {
     use super::*;
     use crate::manifest::KeyDtype;
     use crate::test_util::synthetic;
+
+    /// Fuzz regressions (`fuzz/regressions/memory_manifest/`): sizes that overflow `u64` in a
+    /// manifest are problems of that manifest, never an arithmetic overflow (a panic in debug
+    /// builds) in `problems`, `verify`, `summary` or `MemoryStore::open`.
+    #[test]
+    fn overflowing_sizes_are_problems_not_panics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        synthetic(dir.path(), 3, KeyDtype::F32, 8, 4, 1);
+        let path = dir.path().join(MANIFEST_FILE);
+        let good: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 3] = [
+            ("hidden_size", |m| {
+                m["meta"]["hidden_size"] = (1u64 << 62 | 1).into()
+            }),
+            ("entries", |m| {
+                m["shards"][0]["entries"] = (1u64 << 62 | 1).into()
+            }),
+            ("key bytes", |m| {
+                m["shards"][0]["keys"]["bytes"] = u64::MAX.into();
+                m["shards"][1]["keys"]["bytes"] = u64::MAX.into();
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut m = good.clone();
+            edit(&mut m);
+            fs::write(&path, serde_json::to_vec(&m).expect("json")).expect("write");
+            let parsed: Manifest = serde_json::from_value(m).expect("manifest");
+            assert!(!parsed.problems().is_empty(), "{what}");
+            assert!(parsed.summary().contains("entries"), "{what}");
+            assert!(Manifest::load(dir.path()).is_err(), "{what}");
+            assert!(crate::MemoryStore::open(dir.path()).is_err(), "{what}");
+            assert!(!verify(dir.path()).is_ok(), "{what}");
+        }
+    }
 
     #[test]
     fn reports_every_problem() {
