@@ -375,6 +375,7 @@ fn adapter_seed(tmp: &Path, standardize: bool) -> Vec<u8> {
             KeyNorm::None
         },
         form: cfg.form,
+        weights_sha256: None,
         training: serde_json::Value::Null,
     };
     let dir = tmp.join(format!("adapter-{standardize}"));
@@ -400,6 +401,7 @@ fn lora_seed(tmp: &Path, targets_list: &str) -> Vec<u8> {
         format: LORA_FORMAT.into(),
         model: model.config.name.clone(),
         weights_sha256: "ab".repeat(32),
+        lora_sha256: None,
         config: cfg,
         slots: lora.slots.clone(),
         report: None,

@@ -191,6 +191,7 @@ pub fn toy_memory(dir: &Path, dtype: pema_memory::KeyDtype) {
         model_name: "toy".into(),
         model_sha256: "0".repeat(64),
         hidden_size: d,
+        vocab_size: None,
         state: KeyState::pre_final_norm(0),
         dtype,
         tokenizer_fingerprint: "toy".into(),
