@@ -98,17 +98,19 @@ impl PemaTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// One past the largest token id the tokenizer can produce (added tokens included).
+    /// One past the largest id of the base vocabulary (added tokens not counted).
     pub fn id_bound(&self) -> usize {
         self.inner
-            .get_vocab(true)
+            .get_vocab(false)
             .values()
             .max()
             .map_or(0, |&m| m as usize + 1)
     }
 
-    /// Checks that the tokenizer fits a model of `vocab_size` tokens: every id it can produce
-    /// (added tokens included) and its BOS/EOS ids must be below `vocab_size`.
+    /// Checks that the tokenizer fits a model of `vocab_size` tokens: every id of its base
+    /// vocabulary and its BOS/EOS ids must be below `vocab_size`. Added tokens may lie beyond
+    /// it: Gemma 3's `tokenizer.json` adds `<image_soft_token>` at id 262144, past the text
+    /// model's 262,144 rows (it never occurs in text).
     ///
     /// A tokenizer with *fewer* ids than the model is accepted: real models pad the embedding
     /// matrix beyond the tokenizer (the padding rows are never produced by encoding; the model
@@ -117,7 +119,7 @@ impl PemaTokenizer {
         let bound = self.id_bound();
         if bound > vocab_size {
             return Err(BackboneError::Tokenizer(format!(
-                "the tokenizer's ids reach {} (vocabulary of {bound} with added tokens) but the model's vocabulary has {vocab_size} tokens: a tokenizer of another model?",
+                "the tokenizer's ids reach {} (a vocabulary of {bound}) but the model's vocabulary has {vocab_size} tokens: a tokenizer of another model?",
                 bound - 1
             )));
         }

@@ -1,4 +1,4 @@
-//! A tokenizer must fit the model it is loaded with: no id (added tokens included), BOS or EOS
+//! A tokenizer must fit the model it is loaded with: no id of its base vocabulary, BOS or EOS
 //! at or beyond the model's vocabulary; a smaller tokenizer (padded embedding) is accepted.
 
 use burn::backend::NdArray;
