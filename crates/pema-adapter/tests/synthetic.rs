@@ -171,15 +171,19 @@ fn non_finite_loss_stops_with_a_typed_error_and_keeps_the_checkpoint() {
     let mut cfg = config();
     cfg.phase1.max_epochs = 1;
     cfg.phase2.max_steps = Some(20);
+    // Raw keys (the paper's form): standardization would undo the scaling below.
+    cfg.key_norm = KeyNorm::None;
     train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev).expect("first run");
     let state = out.path().join("checkpoint").join("state.json");
     let before = std::fs::read(&state).expect("state");
 
-    // Resume with an absurd learning rate: the loss overflows.
+    // Resume (same settings: changed ones are refused) on keys scaled past f32's range once
+    // squared: the loss overflows.
     cfg.phase2.max_steps = Some(60);
-    cfg.lr = 1e30;
-    let err = train::<AD>(&fused(&head), &train_mem, &dev_mem, &cfg, out.path(), &dev)
-        .expect_err("must fail");
+    let mut huge = train_mem.clone();
+    huge.keys.iter_mut().for_each(|k| *k *= 1e30);
+    let err =
+        train::<AD>(&fused(&head), &huge, &dev_mem, &cfg, out.path(), &dev).expect_err("must fail");
     match &err {
         AdapterError::NonFinite {
             phase, checkpoint, ..
