@@ -153,7 +153,7 @@ pub fn verify(dir: &Path) -> VerifyReport {
         let vpath = dir.join(&s.values.file);
         if let Some(vocab) = manifest.meta.vocab_size
             && let Ok(b) = fs::read(&vpath)
-            && b.len() as u64 == s.entries * 4
+            && Some(b.len() as u64) == s.entries.checked_mul(4)
         {
             let bad = b
                 .chunks_exact(4)
