@@ -7,7 +7,8 @@
 //!
 //! Variants: `cpu` (the host CPU kernel, exact, the path [`CePath::Auto`] picks: low-rank when
 //! cheaper; what `pema train` runs on `--device cpu`), `cpu-dense` (dense path forced),
-//! `tensor` (burn tensor operations, auto path), `f16` (tensor kernel, W_hd stored in f16) and
+//! `tensor` (burn tensor operations, auto path), `f16` (tensor kernel, W_hd stored in f16),
+//! `cpu-f16` (CPU kernel, auto path, W_hd stored in f16 and converted block by block) and
 //! `filter` (CPU kernel, dense, gradient filtering at ε = 2⁻¹², Cut Cross-Entropy's default);
 //! variants other than `cpu` run on the Gemma shapes only.
 //! `benches/pytorch_train_step.py --shapes issue10` runs PyTorch's dense step at the same shapes
@@ -65,7 +66,7 @@ const SHAPES: [Shape; 8] = [
     shape("gemma-r512-b2048", 2048, 640, 512, 262_144),
 ];
 
-const VARIANTS: [&str; 5] = ["cpu", "cpu-dense", "tensor", "f16", "filter"];
+const VARIANTS: [&str; 6] = ["cpu", "cpu-dense", "tensor", "f16", "cpu-f16", "filter"];
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -102,6 +103,10 @@ fn head_config(variant: &str) -> HeadCeConfig {
         "f16" => HeadCeConfig {
             precision: HeadPrecision::F16,
             ..HeadCeConfig::default()
+        },
+        "cpu-f16" => HeadCeConfig {
+            precision: HeadPrecision::F16,
+            ..cpu
         },
         // Cut Cross-Entropy's default threshold for its bf16 kernels is 2⁻¹².
         "filter" => HeadCeConfig {

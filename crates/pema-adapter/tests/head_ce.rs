@@ -323,6 +323,28 @@ fn real_gemma_batch_matches_the_dense_reference() {
             assert!(rel_err(&nll, &nll_ref) < 1e-5 && rel_err(&g, &g_ref) < 1e-5);
         }
     }
+    // W_hd in f16 on the CPU kernel: the effect of rounding the weights, measured.
+    let f16 = FusedHead::new(
+        &head,
+        HeadCeConfig {
+            kernel: HeadKernel::Cpu,
+            precision: HeadPrecision::F16,
+            ..HeadCeConfig::default()
+        },
+    )
+    .expect("f16");
+    let out = f16.cross_entropy(normed, ids(&y), true);
+    let nll = host1(out.rows.nll);
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+    let shift = (mean(&nll) - nll64.iter().sum::<f64>() / nll64.len() as f64).abs();
+    let g = host(out.d_normed.expect("g"));
+    eprintln!(
+        "gemma batch, CPU kernel with W_hd in f16 vs f64: |Δnll| max {:.2e}, mean NLL shift \
+         {shift:.2e} nats, ∂ rel {:.2e}",
+        max_abs_err(&nll, &nll64),
+        rel_err64(&g, &g64)
+    );
+    assert!(shift < 0.01 && max_abs_err(&nll, &nll64) < 0.05);
 }
 
 /// Per-row NLL and ∂(Σ nll)/∂x in f64 arithmetic (rows in parallel).
@@ -434,4 +456,80 @@ fn adapter_gradients_agree_across_kernels() {
             rel_err(&bc, &bt)
         );
     }
+}
+
+/// W_hd in f16 on the CPU kernel (blocks converted to f32, multiplied in f32) computes exactly
+/// what the f32 kernel computes on the f16-rounded weights: every path and product, over
+/// several conversion blocks, and straight from a head file.
+#[test]
+fn cpu_f16_storage_is_the_f32_kernel_on_rounded_weights() {
+    let (d, v, n, r) = (16, 2 * pema_adapter::head_ce::cpu::F16_BLOCK_ROWS + 301, 9, 4);
+    let dev = Default::default();
+    let head = head_of(d, v, 0.8);
+    let w = host(head.weight.clone());
+    let rounded: Vec<f32> = w
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_f32())
+        .collect();
+    let norm = host1(head.norm_weight.clone());
+    let head_r = LmHead::<B>::from_host(norm, head.eps, rounded, v, "t", &dev).expect("head");
+    let cpu = |precision, path, filter: Option<f64>| HeadCeConfig {
+        chunk_elems: 4 * v,
+        kernel: HeadKernel::Cpu,
+        precision,
+        path,
+        filter_eps: filter,
+        filter_block: 1000,
+        ..HeadCeConfig::default()
+    };
+    let h = Tensor::<B, 2>::from_data(
+        TensorData::new(pseudo(n * d, 0.9).iter().map(|x| 3.0 * x).collect(), [n, d]),
+        &dev,
+    );
+    let y: Vec<i64> = (0..n as i64).map(|i| (i * 997 + 3) % v as i64).collect();
+    for filter in [None, Some(1e-3)] {
+        let f16 = FusedHead::new(&head, cpu(HeadPrecision::F16, CePath::Dense, filter)).expect("f16");
+        let f32r =
+            FusedHead::new(&head_r, cpu(HeadPrecision::F32, CePath::Dense, filter)).expect("f32");
+        assert_eq!(2 * f16.weight_bytes(), f32r.weight_bytes());
+        let normed = f32r.norm(h.clone());
+        let a = f16.cross_entropy(normed.clone(), ids(&y), true);
+        let b = f32r.cross_entropy(normed, ids(&y), true);
+        assert!(rel_err(&host1(a.rows.nll), &host1(b.rows.nll)) < 1e-5);
+        assert_eq!(
+            a.rows.top1.into_data().into_vec::<i64>().expect("ids"),
+            b.rows.top1.into_data().into_vec::<i64>().expect("ids")
+        );
+        let (ga, gb) = (host(a.d_normed.expect("g")), host(b.d_normed.expect("g")));
+        assert!(rel_err(&ga, &gb) < 1e-5, "filter {filter:?}");
+    }
+    // Low-rank path: M = B_w · W_hdᵀ and ∂B_w = (qᵀ·G) · W_hd both walk the f16 blocks.
+    let f16 = FusedHead::new(&head, cpu(HeadPrecision::F16, CePath::LowRank, None)).expect("f16");
+    let f32r = FusedHead::new(&head_r, cpu(HeadPrecision::F32, CePath::LowRank, None)).expect("f32");
+    let q = Tensor::<B, 2>::from_data(TensorData::new(pseudo(n * r, 0.2), [n, r]), &dev);
+    let bw = Tensor::<B, 2>::from_data(TensorData::new(pseudo(r * d, 0.6), [r, d]), &dev);
+    let a = f16.cross_entropy_low_rank(q.clone(), bw.clone(), ids(&y), true);
+    let b = f32r.cross_entropy_low_rank(q, bw, ids(&y), true);
+    assert!(rel_err(&host1(a.rows.nll), &host1(b.rows.nll)) < 1e-5);
+    assert!(rel_err(&host(a.d_q.expect("dq")), &host(b.d_q.expect("dq"))) < 1e-5);
+    assert!(rel_err(&host(a.d_bw.expect("dbw")), &host(b.d_bw.expect("dbw"))) < 1e-5);
+    // Decoding logits.
+    assert!(rel_err(&host(f16.logits(h.clone())), &host(f32r.logits(h.clone()))) < 1e-5);
+
+    // Straight from a head file into f16: the same head, the file's fingerprint.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("head.safetensors");
+    head.save(&path).expect("save");
+    let loaded =
+        FusedHead::<B>::load(&path, cpu(HeadPrecision::F16, CePath::Dense, None), &dev).expect("load");
+    assert_eq!(loaded.fingerprint, head.fingerprint);
+    assert_eq!(loaded.weight_bytes(), f16.weight_bytes());
+    assert_eq!(
+        host(loaded.logits(h.clone())),
+        host(
+            FusedHead::new(&head, cpu(HeadPrecision::F16, CePath::Dense, None))
+                .expect("f16")
+                .logits(h)
+        )
+    );
 }

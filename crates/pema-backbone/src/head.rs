@@ -133,49 +133,175 @@ impl<B: Backend> LmHead<B> {
     /// Loads a head written by [`LmHead::save`]; checks the format tag, the shapes and the
     /// fingerprint.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
+        let parts = HeadParts::read(path, Vec::with_capacity, |w: &mut Vec<f32>, piece| {
+            w.extend_from_slice(piece)
+        })?;
+        let d = parts.norm_weight.len();
+        Ok(Self {
+            norm_weight: Tensor::from_data(TensorData::new(parts.norm_weight, [d]), device),
+            eps: parts.eps,
+            weight: Tensor::from_data(TensorData::new(parts.weight, [parts.vocab, d]), device),
+            model: parts.model,
+            fingerprint: parts.fingerprint,
+        })
+    }
+}
+
+/// A head file's contents with W_hd in a storage of the caller's choice (`W`), filled piece
+/// by piece: a head can be held at 16 bits without its f32 copy ever being resident.
+#[derive(Debug, Clone)]
+pub struct HeadParts<W> {
+    /// Final norm weight `[d]`.
+    pub norm_weight: Vec<f32>,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+    /// W_hd as `store` kept it (row-major `[vocab, d]` pieces, in order).
+    pub weight: W,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Name of the model the head was taken from.
+    pub model: String,
+    /// The fingerprint (checked against the file's).
+    pub fingerprint: String,
+}
+
+impl<W> HeadParts<W> {
+    /// Reads a head written by [`LmHead::save`]: checks the format tag, the shapes, that every
+    /// value is finite and the fingerprint: `init(vocab · d)` makes the storage and W_hd's f32
+    /// values are handed to `store` in order.
+    pub fn read(
+        path: &Path,
+        init: impl FnOnce(usize) -> W,
+        mut store: impl FnMut(&mut W, &[f32]),
+    ) -> Result<Self> {
+        let bad = |message: String| BackboneError::Safetensors {
+            path: path.to_path_buf(),
+            message,
+        };
         let file = st::StFile::open(path)?;
         let meta = file.metadata();
         let get = |k: &str| {
             meta.get(k)
                 .cloned()
-                .ok_or_else(|| BackboneError::Safetensors {
-                    path: path.to_path_buf(),
-                    message: format!("metadata key `{k}` missing: not a pema LM head file"),
-                })
+                .ok_or_else(|| bad(format!("metadata key `{k}` missing: not a pema LM head file")))
         };
         let format = get("pema.format")?;
         if format != HEAD_FORMAT {
-            return Err(BackboneError::Safetensors {
-                path: path.to_path_buf(),
-                message: format!("unsupported head format `{format}` (expected `{HEAD_FORMAT}`)"),
-            });
+            return Err(bad(format!(
+                "unsupported head format `{format}` (expected `{HEAD_FORMAT}`)"
+            )));
         }
         let eps: f64 = get("eps")?
             .parse()
-            .map_err(|_| BackboneError::Safetensors {
-                path: path.to_path_buf(),
-                message: "metadata `eps` is not a number".into(),
-            })?;
+            .map_err(|_| bad("metadata `eps` is not a number".into()))?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(BackboneError::Weight {
+                name: "output_norm.weight".into(),
+                message: format!("RMSNorm epsilon {eps} is not a finite value ≥ 0"),
+            });
+        }
         let (norm, norm_shape) = file.tensor_f32("output_norm.weight")?;
-        let (weight, w_shape) = file.tensor_f32("output.weight")?;
+        let w_shape = file.shape("output.weight")?;
         if norm_shape.len() != 1 || w_shape.len() != 2 || w_shape[1] != norm_shape[0] {
-            return Err(BackboneError::Safetensors {
-                path: path.to_path_buf(),
-                message: format!("shapes {norm_shape:?} and {w_shape:?} do not form a head"),
+            return Err(bad(format!(
+                "shapes {norm_shape:?} and {w_shape:?} do not form a head"
+            )));
+        }
+        let (vocab, d) = (w_shape[0], w_shape[1]);
+        if d == 0 || vocab == 0 {
+            return Err(BackboneError::Weight {
+                name: "output.weight".into(),
+                message: format!("an empty head ({vocab}×{d})"),
             });
         }
-        let head = Self::from_host(norm, eps, weight, w_shape[0], &get("model")?, device)?;
+        crate::loader::check_finite("output_norm.weight", &norm)?;
+        let mut weight = init(vocab * d);
+        let mut hash = Fingerprint::new(&norm, eps, vocab);
+        let mut non_finite = NonFinite::default();
+        file.for_each_piece_f32("output.weight", |piece| {
+            non_finite.scan(piece);
+            hash.update(piece);
+            store(&mut weight, piece);
+            Ok(())
+        })?;
+        non_finite.check("output.weight")?;
+        let fingerprint = hash.finish();
         let stored = get("fingerprint")?;
-        if stored != head.fingerprint {
-            return Err(BackboneError::Safetensors {
-                path: path.to_path_buf(),
-                message: format!(
-                    "fingerprint mismatch: file says {stored}, contents hash to {}",
-                    head.fingerprint
-                ),
-            });
+        if stored != fingerprint {
+            return Err(bad(format!(
+                "fingerprint mismatch: file says {stored}, contents hash to {fingerprint}"
+            )));
         }
-        Ok(head)
+        Ok(Self {
+            norm_weight: norm,
+            eps,
+            weight,
+            vocab,
+            model: get("model")?,
+            fingerprint,
+        })
+    }
+}
+
+/// Non-finite values met while streaming a tensor (the same report as
+/// [`crate::loader::check_finite`], with global indices).
+#[derive(Default)]
+struct NonFinite {
+    seen: usize,
+    first: Option<(usize, f32)>,
+    count: usize,
+}
+
+impl NonFinite {
+    fn scan(&mut self, piece: &[f32]) {
+        for (i, &x) in piece.iter().enumerate() {
+            if !x.is_finite() {
+                self.first.get_or_insert((self.seen + i, x));
+                self.count += 1;
+            }
+        }
+        self.seen += piece.len();
+    }
+
+    fn check(&self, name: &str) -> Result<()> {
+        match self.first {
+            None => Ok(()),
+            Some((i, x)) => Err(BackboneError::Weight {
+                name: name.to_string(),
+                message: format!(
+                    "{} non-finite values (first: {x} at index {i}); the weights are corrupt",
+                    self.count
+                ),
+            }),
+        }
+    }
+}
+
+/// The head fingerprint computed incrementally (W_hd's values fed in order).
+struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    fn new(norm: &[f32], eps: f64, vocab: usize) -> Self {
+        let mut h = Sha256::new();
+        h.update(HEAD_FORMAT.as_bytes());
+        h.update(eps.to_le_bytes());
+        h.update((vocab as u64).to_le_bytes());
+        h.update((norm.len() as u64).to_le_bytes());
+        for x in norm {
+            h.update(x.to_le_bytes());
+        }
+        Self(h)
+    }
+
+    fn update(&mut self, weight: &[f32]) {
+        for chunk in weight.chunks(1 << 14) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.0.update(&bytes);
+        }
+    }
+
+    fn finish(self) -> String {
+        hex(&self.0.finalize())
     }
 }
 
@@ -196,22 +322,9 @@ fn tensor_to_vec(data: TensorData) -> Vec<f32> {
 
 /// Fingerprint of a head: sha256 over (eps, vocab, d, norm bytes, weight bytes).
 pub fn fingerprint(norm: &[f32], eps: f64, weight: &[f32], vocab: usize) -> String {
-    let mut h = Sha256::new();
-    h.update(HEAD_FORMAT.as_bytes());
-    h.update(eps.to_le_bytes());
-    h.update((vocab as u64).to_le_bytes());
-    h.update((norm.len() as u64).to_le_bytes());
-    for x in norm {
-        h.update(x.to_le_bytes());
-    }
-    for chunk in weight.chunks(1 << 16) {
-        h.update(bytemuck_f32(chunk));
-    }
-    hex(&h.finalize())
-}
-
-fn bytemuck_f32(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+    let mut h = Fingerprint::new(norm, eps, vocab);
+    h.update(weight);
+    h.finish()
 }
 
 pub use pema_common::hex;

@@ -80,11 +80,39 @@ impl StFile {
 
     /// Reads one tensor as f32 (from F32, F16 or BF16), with its shape.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let mut values: Vec<f32> = Vec::with_capacity(self.shape(name)?.iter().product());
+        let shape = self.for_each_piece_f32(name, |piece| {
+            values.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok((values, shape))
+    }
+
+    /// The shape of one tensor.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         let st = self.tensors()?;
-        let view = st.tensor(name).map_err(|_| BackboneError::Weight {
+        let view = self.view(&st, name)?;
+        Ok(view.shape().to_vec())
+    }
+
+    fn view<'a>(&self, st: &'a SafeTensors<'a>, name: &str) -> Result<TensorView<'a>> {
+        st.tensor(name).map_err(|_| BackboneError::Weight {
             name: name.to_string(),
             message: format!("not found in {}", self.path.display()),
-        })?;
+        })
+    }
+
+    /// Streams one tensor to `f` as consecutive f32 pieces (converted from F32, F16 or BF16),
+    /// in row-major order; returns its shape. The mapped pages of each converted piece are
+    /// released at once, so reading a large tensor (an LM head: 671 MB) holds one piece of the
+    /// file and whatever `f` keeps, never the file and a copy both whole.
+    pub fn for_each_piece_f32(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&[f32]) -> Result<()>,
+    ) -> Result<Vec<usize>> {
+        let st = self.tensors()?;
+        let view = self.view(&st, name)?;
         let shape = view.shape().to_vec();
         let data = view.data();
         let dtype = view.dtype();
@@ -98,13 +126,11 @@ impl StFile {
                 });
             }
         };
-        // Converted 64 MiB at a time; the mapped pages of each converted piece are released
-        // at once, so reading a large tensor (an LM head: 671 MB) holds the f32 copy and one
-        // piece of the file, not both whole.
-        const PIECE: usize = 64 << 20;
-        let mut values: Vec<f32> = Vec::with_capacity(data.len() / width);
+        const PIECE: usize = 16 << 20;
+        let mut values: Vec<f32> = Vec::with_capacity(PIECE / width);
         let base = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
         for (i, piece) in data.chunks(PIECE).enumerate() {
+            values.clear();
             match dtype {
                 Dtype::F32 => values.extend(
                     piece
@@ -123,8 +149,9 @@ impl StFile {
                 ),
             }
             self.release(base + i * PIECE, piece.len());
+            f(&values)?;
         }
-        Ok((values, shape))
+        Ok(shape)
     }
 }
 

@@ -8,8 +8,9 @@ use pema_backbone::LmHead;
 /// How the blockwise head evaluates W_hd · norm(h).
 #[derive(clap::Args, Debug, Clone)]
 pub struct HeadArgs {
-    /// Storage precision of W_hd: `f32` (exact) or `f16` (half the memory; backends that
-    /// hold f16 only).
+    /// Storage precision of W_hd: `f32` (exact) or `f16` (half the memory: the CPU kernel
+    /// multiplies in f32 on the f16-rounded weights; the tensor kernel needs a backend that
+    /// holds f16).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub head_precision: PrecisionArg,
     /// Cross-entropy algorithm: `auto` (the cheaper exact one), `dense` or `low-rank`.
@@ -65,7 +66,7 @@ impl HeadArgs {
         let kernel = match self.head_kernel {
             Some(KernelArg::Cpu) => HeadKernel::Cpu,
             Some(KernelArg::Tensor) => HeadKernel::Tensor,
-            None if cpu_default && self.head_precision == PrecisionArg::F32 => HeadKernel::Cpu,
+            None if cpu_default => HeadKernel::Cpu,
             None => HeadKernel::Tensor,
         };
         HeadCeConfig {
@@ -94,8 +95,8 @@ impl HeadArgs {
         Ok(FusedHead::new(head, self.config(false))?)
     }
 
-    /// Loads an exported head file into the blockwise head (the f32 copy is dropped when the
-    /// storage is f16, so W_hd is held once).
+    /// Loads an exported head file into the blockwise head, W_hd held once in its storage
+    /// (with the CPU kernel and f16, read from the file straight into f16).
     pub fn load<B: burn::tensor::backend::Backend>(
         &self,
         path: &std::path::Path,
@@ -103,8 +104,7 @@ impl HeadArgs {
         on_cpu: bool,
     ) -> anyhow::Result<FusedHead<B>> {
         use anyhow::Context;
-        let head = LmHead::<B>::load(path, device)
-            .with_context(|| format!("loading the LM head {}", path.display()))?;
-        Ok(FusedHead::from_head(head, self.config(on_cpu))?)
+        FusedHead::load(path, self.config(on_cpu), device)
+            .with_context(|| format!("loading the LM head {}", path.display()))
     }
 }

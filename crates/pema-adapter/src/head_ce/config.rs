@@ -37,7 +37,8 @@ pub enum HeadPrecision {
     /// The exported head's f32 values (exact).
     #[default]
     F32,
-    /// f16 storage (half the memory); products take f16 operands.
+    /// f16 storage (half the memory): the tensor kernel multiplies f16 operands, the CPU
+    /// kernel converts W_hd to f32 block by block and multiplies in f32.
     F16,
 }
 
@@ -82,12 +83,6 @@ impl HeadCeConfig {
         if self.chunk_elems == 0 || self.filter_block == 0 {
             return Err(AdapterError::Config(
                 "head chunk size and filter block must be positive".into(),
-            ));
-        }
-        if self.kernel == HeadKernel::Cpu && self.precision != HeadPrecision::F32 {
-            return Err(AdapterError::Config(
-                "the CPU head kernel holds W_hd in f32 only (f16 storage needs the tensor kernel)"
-                    .into(),
             ));
         }
         if let Some(e) = self.filter_eps

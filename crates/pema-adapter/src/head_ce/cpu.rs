@@ -8,6 +8,12 @@
 //! m + ln s − ℓ_y; with the gradient, pass 3 scales e by 1/s and subtracts 1 at y, giving
 //! G = softmax − onehot in place, and ∂X_c = G · W. W is `[V, k]` row-major: W_hd for the dense
 //! path (k = d), Mᵀ for the low-rank one (k = r).
+//!
+//! W_hd may be held in f16 ([`Weight::F16`]): every product then walks W in blocks of
+//! [`F16_BLOCK_ROWS`] rows, each converted to f32 (F16C when the CPU has it) into a small
+//! reused buffer and multiplied in f32, so the arithmetic is the f32 kernel's on the f16-rounded
+//! weights. A chunk of c rows pays one conversion of W per product against 2·c multiply-adds
+//! per weight, a few per cent of the step at c = 64.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -21,6 +27,116 @@ pub struct HostMat<'a> {
     pub rows: usize,
     /// Columns.
     pub cols: usize,
+}
+
+/// W_hd on the host, `[rows, cols]` row-major, in its storage precision.
+#[derive(Debug, Clone, Copy)]
+pub enum Weight<'a> {
+    /// f32 values (used in place).
+    F32(HostMat<'a>),
+    /// f16 values, converted block by block for each product.
+    F16 {
+        /// Values, `rows × cols`.
+        data: &'a [half::f16],
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+    },
+}
+
+/// Rows of an f16 weight converted at once (Gemma 3: 2,048 × 640 f32 = 5 MiB).
+pub const F16_BLOCK_ROWS: usize = 2048;
+
+impl<'a> Weight<'a> {
+    /// Rows (V).
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::F32(m) => m.rows,
+            Self::F16 { rows, .. } => *rows,
+        }
+    }
+
+    /// Columns (d).
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::F32(m) => m.cols,
+            Self::F16 { cols, .. } => *cols,
+        }
+    }
+
+    /// Calls `f(first_row, block)` for consecutive row blocks of W as f32 that together cover
+    /// every row: the whole matrix at once when it is f32 (no copy), blocks of at most
+    /// `block_rows` rows converted into `scratch` when it is f16. `keep(first, len)` false
+    /// skips a block (its rows are not converted).
+    fn for_each_block(
+        &self,
+        block_rows: usize,
+        scratch: &mut Vec<f32>,
+        mut keep: impl FnMut(usize, usize) -> bool,
+        mut f: impl FnMut(usize, HostMat<'_>),
+    ) {
+        match *self {
+            Self::F32(m) if block_rows >= m.rows => {
+                if keep(0, m.rows) {
+                    f(0, m);
+                }
+            }
+            Self::F32(m) => {
+                let mut start = 0;
+                while start < m.rows {
+                    let len = block_rows.min(m.rows - start);
+                    if keep(start, len) {
+                        let data = &m.data[start * m.cols..(start + len) * m.cols];
+                        f(start, HostMat { data, rows: len, cols: m.cols });
+                    }
+                    start += len;
+                }
+            }
+            Self::F16 { data, rows, cols } => {
+                let bw = block_rows.clamp(1, rows.max(1));
+                let mut start = 0;
+                while start < rows {
+                    let len = bw.min(rows - start);
+                    if keep(start, len) {
+                        let src = &data[start * cols..(start + len) * cols];
+                        scratch.resize(len * cols, 0.0);
+                        widen(src, &mut scratch[..len * cols]);
+                        f(start, HostMat { data: &scratch[..len * cols], rows: len, cols });
+                    }
+                    start += len;
+                }
+            }
+        }
+    }
+
+    /// The block size products use: all rows for f32, [`F16_BLOCK_ROWS`] for f16.
+    fn product_block(&self) -> usize {
+        match self {
+            Self::F32(m) => m.rows.max(1),
+            Self::F16 { .. } => F16_BLOCK_ROWS,
+        }
+    }
+}
+
+/// f16 → f32, in parallel pieces (F16C instructions when the CPU has them).
+fn widen(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    const PIECE: usize = 1 << 16;
+    dst.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| s.convert_to_f32_slice(d));
+}
+
+/// f32 → f16 (round to nearest even), in parallel pieces.
+pub fn narrow(src: &[f32]) -> Vec<half::f16> {
+    use half::slice::HalfFloatSliceExt;
+    const PIECE: usize = 1 << 16;
+    let mut out = vec![half::f16::ZERO; src.len()];
+    out.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| d.convert_from_f32_slice(s));
+    out
 }
 
 /// Per-row results and the optional gradient of Σ nll with respect to X.
@@ -40,10 +156,12 @@ fn par() -> Parallelism {
     Parallelism::Rayon(0)
 }
 
-/// dst `[m, n]` = (acc ? dst : 0) + lhs · rhs, with explicit strides (row stride, col stride).
+/// dst `[m, n]` (row stride `dst_rs`) = (acc ? dst : 0) + lhs · rhs, operands given with
+/// explicit strides (row stride, col stride).
 #[allow(clippy::too_many_arguments)]
 fn gemm_into(
     dst: &mut [f32],
+    dst_rs: usize,
     m: usize,
     n: usize,
     k: usize,
@@ -51,13 +169,18 @@ fn gemm_into(
     rhs: (&[f32], isize, isize),
     acc: bool,
 ) {
-    assert!(dst.len() >= m * n, "gemm destination too small");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n,
+        "gemm destination too small"
+    );
     if k == 0 {
         if !acc {
-            dst[..m * n].fill(0.0);
+            for row in 0..m {
+                dst[row * dst_rs..row * dst_rs + n].fill(0.0);
+            }
         }
         return;
     }
@@ -71,8 +194,9 @@ fn gemm_into(
     max_off(lhs, m, k);
     max_off(rhs, k, n);
     // SAFETY: every index the product reads is inside the slices (checked above: strides are
-    // non-negative and the last element of each operand is in range), dst holds m·n values
-    // written with row stride n, and no operand aliases dst (they are distinct borrows).
+    // non-negative and the last element of each operand is in range), every index it writes is
+    // inside dst (m rows of n values at row stride dst_rs ≥ n, checked above), and no operand
+    // aliases dst (they are distinct borrows).
     unsafe {
         gemm::gemm(
             m,
@@ -80,7 +204,7 @@ fn gemm_into(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             lhs.0.as_ptr(),
             lhs.2,
@@ -98,12 +222,13 @@ fn gemm_into(
     }
 }
 
-/// `x · wᵀ` for x `[m, k]`, w `[n, k]` → `[m, n]` (also Mᵀ = W_hd · B_wᵀ with x = W_hd).
+/// `x · wᵀ` for x `[m, k]`, w `[n, k]` → `[m, n]`.
 pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
     assert_eq!(x.cols, w.cols);
     let k = x.cols;
     gemm_into(
         out,
+        w.rows,
         x.rows,
         w.rows,
         k,
@@ -113,25 +238,86 @@ pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-/// `out (+)= g · w` for g `[m, v]` (row stride `g_rs`, first column `g_off`), w `[v, k]`.
-fn matmul_nn_acc(
+/// Logits `x · Wᵀ` for x `[m, k]` and the head W `[V, k]` → `[m, V]` (W block by block when f16).
+pub fn logits(x: HostMat<'_>, w: Weight<'_>, out: &mut [f32]) {
+    assert_eq!(x.cols, w.cols());
+    let (k, v) = (x.cols, w.rows());
+    let mut scratch = Vec::new();
+    w.for_each_block(
+        w.product_block(),
+        &mut scratch,
+        |_, _| true,
+        |start, blk| {
+            gemm_into(
+                &mut out[start..],
+                v,
+                x.rows,
+                blk.rows,
+                k,
+                (x.data, k as isize, 1),
+                (blk.data, 1, k as isize),
+                false,
+            );
+        },
+    );
+}
+
+/// Mᵀ = W · bᵀ for the head W `[V, d]` and b `[r, d]` → `[V, r]` (the low-rank matrix).
+pub fn weight_times(w: Weight<'_>, b: HostMat<'_>, out: &mut [f32]) {
+    assert_eq!(w.cols(), b.cols);
+    let r = b.rows;
+    let mut scratch = Vec::new();
+    w.for_each_block(
+        w.product_block(),
+        &mut scratch,
+        |_, _| true,
+        |start, blk| matmul_nt(blk, b, &mut out[start * r..(start + blk.rows) * r]),
+    );
+}
+
+/// `a · W` for a `[m, V]` and the head W `[V, k]` → `[m, k]` (e.g. ∂B_w = ∂M · W_hd).
+pub fn times_weight(a: HostMat<'_>, w: Weight<'_>, out: &mut [f32]) {
+    assert_eq!(a.cols, w.rows());
+    accumulate_times_weight(a.data, a.cols, a.rows, w, out, None);
+}
+
+/// out `[m, k]` = Σ over row blocks of W of g[:, block] · W_block, for g `[m, V]` with row
+/// stride `g_rs`; with `keep`, blocks it rejects are skipped (gradient filtering).
+fn accumulate_times_weight(
     g: &[f32],
     g_rs: usize,
     m: usize,
-    w: &[f32],
-    v: usize,
-    k: usize,
+    w: Weight<'_>,
     out: &mut [f32],
-    acc: bool,
+    filter: Option<(usize, &dyn Fn(usize, usize) -> bool)>,
 ) {
-    gemm_into(out, m, k, v, (g, g_rs as isize, 1), (w, k as isize, 1), acc);
-}
-
-/// `a · w` for a `[m, v]`, w `[v, k]` → `[m, k]` (e.g. ∂B_w = ∂M · W_hd).
-pub fn matmul_nn(a: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
-    assert_eq!(a.cols, w.rows);
-    matmul_nn_acc(a.data, a.cols, a.rows, w.data, w.rows, w.cols, out, false);
+    let k = w.cols();
+    let block = filter.map_or(w.product_block(), |(bw, _)| bw.max(1));
+    let mut scratch = Vec::new();
+    let mut first = true;
+    let mut zeroed = false;
+    w.for_each_block(
+        block,
+        &mut scratch,
+        |start, len| filter.is_none_or(|(_, keep)| keep(start, len)),
+        |start, blk| {
+            gemm_into(
+                out,
+                k,
+                m,
+                k,
+                blk.rows,
+                (&g[start..], g_rs as isize, 1),
+                (blk.data, k as isize, 1),
+                !first,
+            );
+            first = false;
+            zeroed = true;
+        },
+    );
+    if !zeroed {
+        out[..m * k].fill(0.0);
+    }
 }
 
 /// Blockwise cross-entropy of rows `x: [n, k]` against `w: [V, k]` (ℓ = x · wᵀ) for targets
@@ -139,15 +325,15 @@ pub fn matmul_nn(a: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
 /// xᵀ·G `[k, V]` (the low-rank path's ∂M). `filter`: (ε, block) of gradient filtering.
 pub fn cross_entropy(
     x: HostMat<'_>,
-    w: HostMat<'_>,
+    w: Weight<'_>,
     y: &[u32],
     chunk_rows: usize,
     grad: bool,
     want_dw_t: bool,
     filter: Option<(f32, usize)>,
 ) -> HostCe {
-    let (n, k, v) = (x.rows, x.cols, w.rows);
-    assert_eq!(w.cols, k);
+    let (n, k, v) = (x.rows, x.cols, w.rows());
+    assert_eq!(w.cols(), k);
     assert_eq!(y.len(), n);
     let step = chunk_rows.clamp(1, n.max(1));
     let mut buf = vec![0f32; step * v];
@@ -165,10 +351,10 @@ pub fn cross_entropy(
             rows: c,
             cols: k,
         };
-        let logits = &mut buf[..c * v];
-        matmul_nt(xc, w, logits);
+        let logits_c = &mut buf[..c * v];
+        logits(xc, w, logits_c);
         let ys = &y[s..s + c];
-        let rows: Vec<(f32, u32)> = logits
+        let rows: Vec<(f32, u32)> = logits_c
             .par_chunks_mut(v)
             .zip(ys.par_iter())
             .map(|(row, &t)| softmax_row(row, t as usize, grad))
@@ -179,17 +365,18 @@ pub fn cross_entropy(
         }
         if let Some(dx) = out.dx.as_mut() {
             let dxc = &mut dx[s * k..(s + c) * k];
-            backward_product(logits, c, w, dxc, filter);
+            backward_product(logits_c, c, w, dxc, filter);
         }
         if let Some(dwt) = out.dw_t.as_mut() {
             // ∂Mᵀ-shaped accumulation: dw_t [k, V] += x_cᵀ · G.
             gemm_into(
                 dwt,
+                v,
                 k,
                 v,
                 c,
                 (xc.data, 1, k as isize),
-                (logits, v as isize, 1),
+                (logits_c, v as isize, 1),
                 true,
             );
         }
@@ -202,30 +389,23 @@ pub fn cross_entropy(
 fn backward_product(
     g: &[f32],
     c: usize,
-    w: HostMat<'_>,
+    w: Weight<'_>,
     dx: &mut [f32],
     filter: Option<(f32, usize)>,
 ) {
-    let (v, k) = (w.rows, w.cols);
-    let Some((eps, bw)) = filter else {
-        matmul_nn_acc(g, v, c, w.data, v, k, dx, false);
-        return;
-    };
-    let bw = bw.clamp(1, v);
-    dx.fill(0.0);
-    let mut start = 0;
-    while start < v {
-        let len = bw.min(v - start);
-        let active = (0..c).any(|i| {
-            g[i * v + start..i * v + start + len]
-                .iter()
-                .any(|x| x.abs() >= eps)
-        });
-        if active {
-            let wb = &w.data[start * k..(start + len) * k];
-            matmul_nn_acc(&g[start..], v, c, wb, len, k, dx, true);
+    let v = w.rows();
+    match filter {
+        None => accumulate_times_weight(g, v, c, w, dx, None),
+        Some((eps, bw)) => {
+            let active = |start: usize, len: usize| {
+                (0..c).any(|i| {
+                    g[i * v + start..i * v + start + len]
+                        .iter()
+                        .any(|x| x.abs() >= eps)
+                })
+            };
+            accumulate_times_weight(g, v, c, w, dx, Some((bw.clamp(1, v.max(1)), &active)));
         }
-        start += len;
     }
 }
 
@@ -483,11 +663,11 @@ mod tests {
                     rows: n,
                     cols: k,
                 },
-                HostMat {
+                Weight::F32(HostMat {
                     data: &w,
                     rows: v,
                     cols: k,
-                },
+                }),
                 &y,
                 chunk,
                 true,

@@ -27,8 +27,10 @@
 //! `G · W_hd`, vocabulary blocks where every |G| < ε are skipped. The loss is still exact; the
 //! gradient drops at most ε per skipped entry. Off by default ([`HeadCeConfig::filter_eps`]).
 //!
-//! W_hd may be stored in f16 ([`HeadPrecision::F16`]): half the bytes, activations cast to f16
-//! for the product, logits back in the caller's precision.
+//! W_hd may be stored in f16 ([`HeadPrecision::F16`]): half the bytes. The tensor kernel
+//! casts activations to f16 for the product; the CPU kernel converts W_hd block by block to f32
+//! and multiplies in f32 (the exact kernel on f16-rounded weights). [`FusedHead::load`] reads
+//! a head file straight into f16, so the f32 copy is never resident.
 //!
 //! Two kernels run the same algorithm ([`HeadKernel`]): burn tensor operations, generic over
 //! `B: Backend` (GPUs; `tensor.rs`), and a host CPU kernel ([`cpu`]: the `gemm` crate's
@@ -43,6 +45,7 @@ mod tensor;
 
 pub use config::{CePath, HeadCeConfig, HeadKernel, HeadPrecision};
 
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::backend::DTypeUsage;
@@ -50,6 +53,7 @@ use burn::tensor::{
     DType, FloatDType, Int, Tensor, TensorData, backend::AutodiffBackend, backend::Backend,
 };
 use pema_backbone::LmHead;
+use pema_backbone::head::HeadParts;
 
 use crate::error::{AdapterError, Result};
 use cpu::HostMat;
@@ -91,7 +95,14 @@ enum Storage<B: Backend> {
     /// A backend tensor `[V, d]`.
     Tensor(TensorWeight<B>),
     /// Host memory `[V, d]` row-major (the CPU kernel), shared between views.
-    Host { w: Arc<Vec<f32>>, vocab: usize },
+    Host { w: HostWeight, vocab: usize },
+}
+
+/// W_hd in host memory, in its storage precision.
+#[derive(Debug, Clone)]
+enum HostWeight {
+    F32(Arc<Vec<f32>>),
+    F16(Arc<Vec<half::f16>>),
 }
 
 /// The low-rank matrix Mᵀ = W_hd · B_wᵀ (`[V, r]`) of an adapter, in the kernel's storage.
@@ -145,7 +156,7 @@ impl<B: Backend> FusedHead<B> {
             fingerprint,
         } = head;
         let device = weight.device();
-        if config.precision == HeadPrecision::F16 {
+        if config.kernel == HeadKernel::Tensor && config.precision == HeadPrecision::F16 {
             let usage = B::dtype_usage(&device, DType::F16);
             if !(usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)) {
                 return Err(AdapterError::Config(
@@ -154,12 +165,14 @@ impl<B: Backend> FusedHead<B> {
             }
         }
         let storage = match (config.kernel, config.precision) {
-            (HeadKernel::Cpu, _) => {
+            (HeadKernel::Cpu, precision) => {
                 let vocab = weight.dims()[0];
-                Storage::Host {
-                    w: Arc::new(host_f32(weight)?),
-                    vocab,
-                }
+                let values = host_f32(weight)?;
+                let w = match precision {
+                    HeadPrecision::F32 => HostWeight::F32(Arc::new(values)),
+                    HeadPrecision::F16 => HostWeight::F16(Arc::new(cpu::narrow(&values))),
+                };
+                Storage::Host { w, vocab }
             }
             (HeadKernel::Tensor, HeadPrecision::F32) => Storage::Tensor(TensorWeight {
                 weight,
@@ -177,6 +190,31 @@ impl<B: Backend> FusedHead<B> {
             config,
             fingerprint,
             model,
+        })
+    }
+
+    /// Reads an exported head file (see [`LmHead::save`]) into the blockwise head. With the
+    /// CPU kernel and f16 storage W_hd goes from the file to f16 piece by piece, so the process
+    /// never holds its f32 copy (peak: the f16 values and one 16 MiB piece).
+    pub fn load(path: &Path, config: HeadCeConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        if (config.kernel, config.precision) != (HeadKernel::Cpu, HeadPrecision::F16) {
+            return Self::from_head(LmHead::load(path, device)?, config);
+        }
+        let parts = HeadParts::read(path, Vec::with_capacity, |w: &mut Vec<half::f16>, piece| {
+            w.extend_from_slice(&cpu::narrow(piece))
+        })?;
+        let d = parts.norm_weight.len();
+        Ok(Self {
+            storage: Storage::Host {
+                w: HostWeight::F16(Arc::new(parts.weight)),
+                vocab: parts.vocab,
+            },
+            norm_weight: Tensor::from_data(TensorData::new(parts.norm_weight, [d]), device),
+            eps: parts.eps,
+            config,
+            fingerprint: parts.fingerprint,
+            model: parts.model,
         })
     }
 
@@ -260,15 +298,36 @@ impl<B: Backend> FusedHead<B> {
             .map(|e| (e as f32, self.config.filter_block))
     }
 
-    fn host_w(&self) -> Option<HostMat<'_>> {
+    fn host_w(&self) -> Option<cpu::Weight<'_>> {
+        let (rows, cols) = (self.vocab_size(), self.hidden_size());
         match &self.storage {
-            Storage::Host { w, vocab } => Some(HostMat {
+            Storage::Host {
+                w: HostWeight::F32(w),
+                ..
+            } => Some(cpu::Weight::F32(HostMat {
                 data: w.as_slice(),
-                rows: *vocab,
-                cols: self.hidden_size(),
+                rows,
+                cols,
+            })),
+            Storage::Host {
+                w: HostWeight::F16(w),
+                ..
+            } => Some(cpu::Weight::F16 {
+                data: w.as_slice(),
+                rows,
+                cols,
             }),
             Storage::Tensor(_) => None,
         }
+    }
+
+    /// The host weight, or an empty one (only called with host storage).
+    fn host_weight(&self) -> cpu::Weight<'_> {
+        self.host_w().unwrap_or(cpu::Weight::F32(HostMat {
+            data: &[],
+            rows: 0,
+            cols: 0,
+        }))
     }
 
     /// The path [`CePath::Auto`] takes for `n` rows (rank `r` when the low-rank form exists),
@@ -318,11 +377,7 @@ impl<B: Backend> FusedHead<B> {
                 let (dt, device) = (float_dtype(&normed), normed.device());
                 let x = host_f32(normed).unwrap_or_default();
                 let ys = host_ids(y);
-                let w = self.host_w().unwrap_or(HostMat {
-                    data: &[],
-                    rows: 0,
-                    cols: 0,
-                });
+                let w = self.host_weight();
                 let out = cpu::cross_entropy(
                     HostMat {
                         data: &x,
@@ -350,13 +405,9 @@ impl<B: Backend> FusedHead<B> {
             Storage::Host { .. } => {
                 let [r, d] = bw.dims();
                 let b = host_f32(bw).unwrap_or_default();
-                let w = self.host_w().unwrap_or(HostMat {
-                    data: &[],
-                    rows: 0,
-                    cols: 0,
-                });
-                let mut mt = vec![0f32; w.rows * r];
-                cpu::matmul_nt(
+                let w = self.host_weight();
+                let mut mt = vec![0f32; w.rows() * r];
+                cpu::weight_times(
                     w,
                     HostMat {
                         data: &b,
@@ -440,11 +491,11 @@ impl<B: Backend> FusedHead<B> {
                 rows: n,
                 cols: r,
             },
-            HostMat {
+            cpu::Weight::F32(HostMat {
                 data: mt,
                 rows: v,
                 cols: r,
-            },
+            }),
             &host_ids(y),
             self.chunk_rows(),
             grad,
@@ -456,7 +507,7 @@ impl<B: Backend> FusedHead<B> {
             (Some(dm), Some(w)) => {
                 let d = self.hidden_size();
                 let mut g = vec![0f32; r * d];
-                cpu::matmul_nn(
+                cpu::times_weight(
                     HostMat {
                         data: &dm,
                         rows: r,
@@ -511,13 +562,10 @@ impl<B: Backend> FusedHead<B> {
                 let [n, d] = normed.dims();
                 let (dt, device) = (float_dtype(&normed), normed.device());
                 let x = host_f32(normed).unwrap_or_default();
-                let w = self.host_w().unwrap_or(HostMat {
-                    data: &[],
-                    rows: 0,
-                    cols: 0,
-                });
-                let mut out = vec![0f32; n * w.rows];
-                cpu::matmul_nt(
+                let w = self.host_weight();
+                let v = w.rows();
+                let mut out = vec![0f32; n * v];
+                cpu::logits(
                     HostMat {
                         data: &x,
                         rows: n,
@@ -526,7 +574,7 @@ impl<B: Backend> FusedHead<B> {
                     w,
                     &mut out,
                 );
-                to_tensor(out, [n, w.rows], dt, &device)
+                to_tensor(out, [n, v], dt, &device)
             }
         }
     }
