@@ -463,14 +463,16 @@ fn adapter_gradients_agree_across_kernels() {
 /// several conversion blocks, and straight from a head file.
 #[test]
 fn cpu_f16_storage_is_the_f32_kernel_on_rounded_weights() {
-    let (d, v, n, r) = (16, 2 * pema_adapter::head_ce::cpu::F16_BLOCK_ROWS + 301, 9, 4);
+    let (d, v, n, r) = (
+        16,
+        2 * pema_adapter::head_ce::cpu::F16_BLOCK_ROWS + 301,
+        9,
+        4,
+    );
     let dev = Default::default();
     let head = head_of(d, v, 0.8);
     let w = host(head.weight.clone());
-    let rounded: Vec<f32> = w
-        .iter()
-        .map(|&x| half::f16::from_f32(x).to_f32())
-        .collect();
+    let rounded: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
     let norm = host1(head.norm_weight.clone());
     let head_r = LmHead::<B>::from_host(norm, head.eps, rounded, v, "t", &dev).expect("head");
     let cpu = |precision, path, filter: Option<f64>| HeadCeConfig {
@@ -488,7 +490,8 @@ fn cpu_f16_storage_is_the_f32_kernel_on_rounded_weights() {
     );
     let y: Vec<i64> = (0..n as i64).map(|i| (i * 997 + 3) % v as i64).collect();
     for filter in [None, Some(1e-3)] {
-        let f16 = FusedHead::new(&head, cpu(HeadPrecision::F16, CePath::Dense, filter)).expect("f16");
+        let f16 =
+            FusedHead::new(&head, cpu(HeadPrecision::F16, CePath::Dense, filter)).expect("f16");
         let f32r =
             FusedHead::new(&head_r, cpu(HeadPrecision::F32, CePath::Dense, filter)).expect("f32");
         assert_eq!(2 * f16.weight_bytes(), f32r.weight_bytes());
@@ -505,7 +508,8 @@ fn cpu_f16_storage_is_the_f32_kernel_on_rounded_weights() {
     }
     // Low-rank path: M = B_w · W_hdᵀ and ∂B_w = (qᵀ·G) · W_hd both walk the f16 blocks.
     let f16 = FusedHead::new(&head, cpu(HeadPrecision::F16, CePath::LowRank, None)).expect("f16");
-    let f32r = FusedHead::new(&head_r, cpu(HeadPrecision::F32, CePath::LowRank, None)).expect("f32");
+    let f32r =
+        FusedHead::new(&head_r, cpu(HeadPrecision::F32, CePath::LowRank, None)).expect("f32");
     let q = Tensor::<B, 2>::from_data(TensorData::new(pseudo(n * r, 0.2), [n, r]), &dev);
     let bw = Tensor::<B, 2>::from_data(TensorData::new(pseudo(r * d, 0.6), [r, d]), &dev);
     let a = f16.cross_entropy_low_rank(q.clone(), bw.clone(), ids(&y), true);
@@ -520,8 +524,8 @@ fn cpu_f16_storage_is_the_f32_kernel_on_rounded_weights() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("head.safetensors");
     head.save(&path).expect("save");
-    let loaded =
-        FusedHead::<B>::load(&path, cpu(HeadPrecision::F16, CePath::Dense, None), &dev).expect("load");
+    let loaded = FusedHead::<B>::load(&path, cpu(HeadPrecision::F16, CePath::Dense, None), &dev)
+        .expect("load");
     assert_eq!(loaded.fingerprint, head.fingerprint);
     assert_eq!(loaded.weight_bytes(), f16.weight_bytes());
     assert_eq!(

@@ -181,9 +181,11 @@ impl<W> HeadParts<W> {
         let file = st::StFile::open(path)?;
         let meta = file.metadata();
         let get = |k: &str| {
-            meta.get(k)
-                .cloned()
-                .ok_or_else(|| bad(format!("metadata key `{k}` missing: not a pema LM head file")))
+            meta.get(k).cloned().ok_or_else(|| {
+                bad(format!(
+                    "metadata key `{k}` missing: not a pema LM head file"
+                ))
+            })
         };
         let format = get("pema.format")?;
         if format != HEAD_FORMAT {
