@@ -272,11 +272,16 @@ fn gemm_into(
 
 /// `x · wᵀ` for x `[m, k]`, w `[n, k]` → `[m, n]`.
 pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
+    matmul_nt_strided(x, w, out, w.rows);
+}
+
+/// `x · wᵀ` into `out` with row stride `out_rs` (a column block of a wider matrix).
+fn matmul_nt_strided(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32], out_rs: usize) {
     assert_eq!(x.cols, w.cols);
     let k = x.cols;
     gemm_into(
         out,
-        w.rows,
+        out_rs,
         x.rows,
         w.rows,
         k,
@@ -289,24 +294,13 @@ pub fn matmul_nt(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32]) {
 /// Logits `x · Wᵀ` for x `[m, k]` and the head W `[V, k]` → `[m, V]` (W block by block when f16).
 pub fn logits(x: HostMat<'_>, w: Weight<'_>, out: &mut [f32]) {
     assert_eq!(x.cols, w.cols());
-    let (k, v) = (x.cols, w.rows());
+    let v = w.rows();
     let mut scratch = Vec::new();
     w.for_each_block(
         w.product_block(),
         &mut scratch,
         |_, _| true,
-        |start, blk| {
-            gemm_into(
-                &mut out[start..],
-                v,
-                x.rows,
-                blk.rows,
-                k,
-                (x.data, k as isize, 1),
-                (blk.data, 1, k as isize),
-                false,
-            );
-        },
+        |start, blk| matmul_nt_strided(x, blk, &mut out[start..], v),
     );
 }
 

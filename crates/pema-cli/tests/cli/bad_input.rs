@@ -19,15 +19,7 @@ fn refused_flag(r: &Run, flag: &str) {
 #[test]
 fn missing_pairs_file_is_named_before_the_model_loads() {
     let s = Sandbox::new();
-    let r = pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        "nope.tsv",
-        "--out",
-        &arg(&s.path("h")),
-    ]);
+    let r = pema(s.decode("nope.tsv", &arg(&s.path("h")), &[]));
     r.fails_with(&["--pairs nope.tsv", "does not exist"]);
     // Checked before loading: the model's load line never appears.
     assert!(!r.stderr.contains("packed weights"), "{}", r.stderr);
@@ -52,16 +44,8 @@ fn missing_model_directory_is_named() {
 #[test]
 fn pairs_given_as_a_directory_is_refused() {
     let s = Sandbox::new();
-    pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&s.model()),
-        "--out",
-        &arg(&s.path("h")),
-    ])
-    .fails_with(&["--pairs", "is a directory"]);
+    pema(s.decode(&arg(&s.model()), &arg(&s.path("h")), &[]))
+        .fails_with(&["--pairs", "is a directory"]);
 }
 
 #[test]
@@ -109,16 +93,8 @@ fn decode_out_equal_to_pairs_is_refused_and_the_pairs_survive() {
     let s = Sandbox::new();
     let pairs = s.pairs("p.tsv", 3);
     let before = std::fs::read(&pairs).expect("read");
-    pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&pairs),
-        "--out",
-        &arg(&pairs),
-    ])
-    .fails_with(&["--out", "would overwrite the input given by --pairs"]);
+    pema(s.decode(&arg(&pairs), &arg(&pairs), &[]))
+        .fails_with(&["--out", "would overwrite the input given by --pairs"]);
     assert_eq!(std::fs::read(&pairs).expect("read"), before);
 }
 
@@ -126,31 +102,10 @@ fn decode_out_equal_to_pairs_is_refused_and_the_pairs_survive() {
 fn decode_refs_out_equal_to_pairs_or_out_is_refused() {
     let s = Sandbox::new();
     let pairs = s.pairs("p.tsv", 3);
-    let (m, p, h) = (arg(&s.model()), arg(&pairs), arg(&s.path("h.txt")));
-    pema([
-        "decode",
-        "--model",
-        &m,
-        "--pairs",
-        &p,
-        "--out",
-        &h,
-        "--refs-out",
-        &p,
-    ])
-    .fails_with(&["--refs-out", "--pairs"]);
-    pema([
-        "decode",
-        "--model",
-        &m,
-        "--pairs",
-        &p,
-        "--out",
-        &h,
-        "--refs-out",
-        &h,
-    ])
-    .fails_with(&["--refs-out and --out name the same file"]);
+    let (p, h) = (arg(&pairs), arg(&s.path("h.txt")));
+    pema(s.decode(&p, &h, &["--refs-out", &p])).fails_with(&["--refs-out", "--pairs"]);
+    pema(s.decode(&p, &h, &["--refs-out", &h]))
+        .fails_with(&["--refs-out and --out name the same file"]);
 }
 
 #[test]
@@ -173,15 +128,7 @@ fn export_head_into_the_model_file_is_refused_and_the_model_survives() {
 fn decode_into_a_missing_directory_fails_before_decoding() {
     let s = Sandbox::new();
     let pairs = s.pairs("p.tsv", 3);
-    let r = pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&pairs),
-        "--out",
-        &arg(&s.path("no/dir/h.txt")),
-    ]);
+    let r = pema(s.decode(&arg(&pairs), &arg(&s.path("no/dir/h.txt")), &[]));
     r.fails_with(&["--out", "does not exist"]);
     assert!(!r.stderr.contains("decoded"), "{}", r.stderr);
 }
@@ -190,34 +137,18 @@ fn decode_into_a_missing_directory_fails_before_decoding() {
 fn a_malformed_pairs_line_is_named_by_number() {
     let s = Sandbox::new();
     let pairs = s.write("p.tsv", "a b\tc d\nno tab here\n");
-    pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&pairs),
-        "--out",
-        &arg(&s.path("h")),
-    ])
-    .fails_with(&["p.tsv", "line 2"]);
+    pema(s.decode(&arg(&pairs), &arg(&s.path("h")), &[])).fails_with(&["p.tsv", "line 2"]);
 }
 
 #[test]
 fn a_missing_template_file_is_named() {
     let s = Sandbox::new();
     let pairs = s.pairs("p.tsv", 2);
-    pema([
-        "memory",
-        "build",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
+    pema(s.build(
         &arg(&pairs),
-        "--out",
         &arg(&s.path("m")),
-        "--template",
-        "no-template.txt",
-    ])
+        &["--template", "no-template.txt"],
+    ))
     .fails_with(&["--template no-template.txt", "does not exist"]);
 }
 
@@ -226,17 +157,11 @@ fn train_out_naming_a_file_is_refused() {
     let s = Sandbox::new();
     let f = s.write("f", "x");
     let d = arg(&s.model());
-    pema([
+    pema(on_memories(
         "train",
-        "--memory",
-        &d,
-        "--dev-memory",
-        &d,
-        "--head",
-        &arg(&s.model().join("model.gguf")),
-        "--out",
-        &arg(&f),
-    ])
+        [&d, &d, &arg(&s.model().join("model.gguf")), &arg(&f)],
+        &[],
+    ))
     .fails_with(&["--out", "is a file"]);
 }
 
@@ -284,77 +209,23 @@ fn out_of_range_numbers_are_refused_while_parsing() {
     refused_flag(&score(&["--smooth-value=-5"]), "--smooth-value");
     refused_flag(&score(&["--paired-bs-n", "0"]), "--paired-bs-n");
     refused_flag(
-        &pema([
-            "memory",
-            "build",
-            "--model",
-            &m,
-            "--pairs",
-            &p,
-            "--out",
-            "o",
-            "--batch-size",
-            "0",
-        ]),
+        &pema(s.build(&p, "o", &["--batch-size", "0"])),
         "--batch-size",
     );
     refused_flag(
-        &pema([
-            "memory",
-            "build",
-            "--model",
-            &m,
-            "--pairs",
-            &p,
-            "--out",
-            "o",
-            "--pairs-per-shard",
-            "0",
-        ]),
+        &pema(s.build(&p, "o", &["--pairs-per-shard", "0"])),
         "--pairs-per-shard",
     );
     refused_flag(
-        &pema([
-            "decode",
-            "--model",
-            &m,
-            "--pairs",
-            &p,
-            "--out",
-            "o",
-            "--batch-size",
-            "0",
-        ]),
+        &pema(s.decode(&p, "o", &["--batch-size", "0"])),
         "--batch-size",
     );
     refused_flag(
-        &pema([
-            "decode",
-            "--model",
-            &m,
-            "--pairs",
-            &p,
-            "--out",
-            "o",
-            "--lambda-max",
-            "1.5",
-        ]),
+        &pema(s.decode(&p, "o", &["--lambda-max", "1.5"])),
         "--lambda-max",
     );
     refused_flag(
-        &pema([
-            "knn-tune",
-            "--memory",
-            &d,
-            "--dev-memory",
-            &d,
-            "--head",
-            &p,
-            "--out",
-            "o",
-            "--k",
-            "4,0",
-        ]),
+        &pema(on_memories("knn-tune", [&d, &d, &p, "o"], &["--k", "4, 0"])),
         "--k",
     );
     refused_flag(
@@ -375,18 +246,11 @@ fn out_of_range_numbers_are_refused_while_parsing() {
 fn memory_build_writes_progress_lines_into_a_log_file() {
     let s = Sandbox::new();
     let pairs = s.pairs("p.tsv", 6);
-    let r = pema([
-        "memory",
-        "build",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
+    let r = pema(s.build(
         &arg(&pairs),
-        "--out",
         &arg(&s.path("m")),
-        "--pairs-per-shard",
-        "2",
-    ]);
+        &["--pairs-per-shard", "2"],
+    ));
     r.succeeds();
     assert_eq!(
         r.stderr.matches("pairs committed").count(),

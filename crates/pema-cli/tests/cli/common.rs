@@ -50,6 +50,48 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// `memory build --model <the tiny model> --pairs P --out O`, then `extra`.
+    pub fn build(&self, pairs: &str, out: &str, extra: &[&str]) -> Vec<String> {
+        self.on_pairs(&["memory", "build"], pairs, out, extra)
+    }
+
+    /// `decode --model <the tiny model> --pairs P --out O`, then `extra`.
+    pub fn decode(&self, pairs: &str, out: &str, extra: &[&str]) -> Vec<String> {
+        self.on_pairs(&["decode"], pairs, out, extra)
+    }
+
+    fn on_pairs(&self, command: &[&str], pairs: &str, out: &str, extra: &[&str]) -> Vec<String> {
+        let model = arg(&self.model());
+        let mut a: Vec<&str> = command.to_vec();
+        a.extend(["--model", &model, "--pairs", pairs, "--out", out]);
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_string).collect()
+    }
+}
+
+/// `COMMAND --memory M --dev-memory D --head H --out O`, then `extra` (train, knn-tune,
+/// tune-lambda).
+pub fn on_memories(
+    command: &str,
+    [memory, dev, head, out]: [&str; 4],
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a = vec![
+        command,
+        "--memory",
+        memory,
+        "--dev-memory",
+        dev,
+        "--head",
+        head,
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a.into_iter().map(str::to_string).collect()
+}
+
 /// The outcome of one `pema` run.
 pub struct Run {
     pub code: Option<i32>,

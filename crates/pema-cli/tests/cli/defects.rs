@@ -48,17 +48,7 @@ fn other_model(s: &Sandbox, hidden: usize) -> std::path::PathBuf {
 fn an_empty_pairs_file_builds_no_memory() {
     let s = Sandbox::new();
     let empty = s.write("empty.tsv", "");
-    pema([
-        "memory",
-        "build",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&empty),
-        "--out",
-        &arg(&s.path("m")),
-    ])
-    .fails_with(&["empty.tsv", "no pair"]);
+    pema(s.build(&arg(&empty), &arg(&s.path("m")), &[])).fails_with(&["empty.tsv", "no pair"]);
 }
 
 #[test]
@@ -66,32 +56,12 @@ fn a_pair_longer_than_the_context_is_refused_with_its_line() {
     let s = Sandbox::new();
     let long = format!("a b\tc d\n{}\tb c\n", vec!["a"; 400].join(" "));
     let pairs = s.write("long.tsv", &long);
-    let m = arg(&s.model());
     for mode in ["teacher", "free"] {
-        pema([
-            "memory",
-            "build",
-            "--model",
-            &m,
-            "--pairs",
-            &arg(&pairs),
-            "--out",
-            &arg(&s.path(mode)),
-            "--mode",
-            mode,
-        ])
-        .fails_with(&["line 2", "context length 256"]);
+        pema(s.build(&arg(&pairs), &arg(&s.path(mode)), &["--mode", mode]))
+            .fails_with(&["line 2", "context length 256"]);
     }
-    pema([
-        "decode",
-        "--model",
-        &m,
-        "--pairs",
-        &arg(&pairs),
-        "--out",
-        &arg(&s.path("h")),
-    ])
-    .fails_with(&["line 2", "context length is 256"]);
+    pema(s.decode(&arg(&pairs), &arg(&s.path("h")), &[]))
+        .fails_with(&["line 2", "context length is 256"]);
 }
 
 #[test]
@@ -140,17 +110,11 @@ fn knn_tune_with_the_head_of_a_wider_model_is_an_error_not_a_panic() {
     let mem = memory(&s, &s.model(), "mem", 8);
     let wide = other_model(&s, 48);
     let h = head(&s, &wide, "wide-head.safetensors");
-    pema([
+    pema(on_memories(
         "knn-tune",
-        "--memory",
-        &mem,
-        "--dev-memory",
-        &mem,
-        "--head",
-        &h,
-        "--out",
-        &arg(&s.path("k.json")),
-    ])
+        [&mem, &mem, &h, &arg(&s.path("k.json"))],
+        &[],
+    ))
     .fails_with(&["32", "48"]);
 }
 
@@ -161,19 +125,11 @@ fn knn_tune_clamps_k_to_the_datastore() {
     let dev = memory(&s, &s.model(), "dev", 4);
     let h = head(&s, &s.model(), "head.safetensors");
     let out = s.path("k.json");
-    pema([
+    pema(on_memories(
         "knn-tune",
-        "--memory",
-        &mem,
-        "--dev-memory",
-        &dev,
-        "--head",
-        &h,
-        "--out",
-        &arg(&out),
-        "--k",
-        "1000000000",
-    ])
+        [&mem, &dev, &h, &arg(&out)],
+        &["--k", "1000000000"],
+    ))
     .succeeds();
     let params: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("params")).expect("JSON");
@@ -191,32 +147,13 @@ fn decoding_with_a_knn_memory_of_another_model_is_refused() {
     let dev = memory(&s, &other, "other-dev", 4);
     let h = head(&s, &other, "other-head.safetensors");
     let params = arg(&s.path("k.json"));
-    pema([
-        "knn-tune",
-        "--memory",
-        &mem,
-        "--dev-memory",
-        &dev,
-        "--head",
-        &h,
-        "--out",
-        &params,
-    ])
-    .succeeds();
+    pema(on_memories("knn-tune", [&mem, &dev, &h, &params], &[])).succeeds();
     let pairs = s.pairs("p.tsv", 3);
-    let r = pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
+    let r = pema(s.decode(
         &arg(&pairs),
-        "--out",
         &arg(&s.path("h")),
-        "--knn-memory",
-        &mem,
-        "--knn-params",
-        &params,
-    ]);
+        &["--knn-memory", &mem, "--knn-params", &params],
+    ));
     r.fails_with(&["other-mem"]);
 }
 
@@ -231,19 +168,11 @@ fn training_refuses_a_memory_that_fails_verify() {
     b[10] ^= 0x40;
     std::fs::write(&keys, b).expect("corrupt");
     assert_eq!(pema(["memory", "verify", &mem]).code, Some(1));
-    pema([
+    pema(on_memories(
         "train",
-        "--memory",
-        &mem,
-        "--dev-memory",
-        &dev,
-        "--head",
-        &h,
-        "--out",
-        &arg(&s.path("a")),
-        "--rank",
-        "4",
-    ])
+        [&mem, &dev, &h, &arg(&s.path("a"))],
+        &["--rank", "4"],
+    ))
     .fails_with(&["sha256"]);
 }
 
@@ -265,28 +194,23 @@ fn damaged_adapter_weights_fail_their_checksum() {
     let h = head(&s, &s.model(), "head.safetensors");
     let ad = s.path("adapter");
     let train = |lr: &str| {
-        pema([
+        pema(on_memories(
             "train",
-            "--memory",
-            &mem,
-            "--dev-memory",
-            &dev,
-            "--head",
-            &h,
-            "--out",
-            &arg(&ad),
-            "--rank",
-            "4",
-            "--batch1",
-            "8",
-            "--batch2",
-            "8",
-            "--epochs",
-            "2",
-            "--no-progress",
-            "--lr",
-            lr,
-        ])
+            [&mem, &dev, &h, &arg(&ad)],
+            &[
+                "--rank",
+                "4",
+                "--batch1",
+                "8",
+                "--batch2",
+                "8",
+                "--epochs",
+                "2",
+                "--no-progress",
+                "--lr",
+                lr,
+            ],
+        ))
     };
     train("0.001").succeeds();
     // Resuming with another learning rate is refused, naming the change.
@@ -300,16 +224,6 @@ fn damaged_adapter_weights_fail_their_checksum() {
     b[n - 3] ^= 0x01;
     std::fs::write(&weights, b).expect("damage");
     let pairs = s.pairs("p.tsv", 2);
-    pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&pairs),
-        "--out",
-        &arg(&s.path("h")),
-        "--adapter",
-        &arg(&ad),
-    ])
-    .fails_with(&["sha256"]);
+    pema(s.decode(&arg(&pairs), &arg(&s.path("h")), &["--adapter", &arg(&ad)]))
+        .fails_with(&["sha256"]);
 }

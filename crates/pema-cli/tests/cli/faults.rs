@@ -93,20 +93,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 fn build_args(s: &Sandbox, pairs: &Path, out: &Path) -> Vec<String> {
-    strings(&[
-        "memory",
-        "build",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
+    s.build(
         &arg(pairs),
-        "--out",
         &arg(out),
-        "--pairs-per-shard",
-        "2",
-        "--batch-size",
-        "2",
-    ])
+        &["--pairs-per-shard", "2", "--batch-size", "2"],
+    )
 }
 
 #[test]
@@ -136,17 +127,7 @@ fn training_inputs(s: &Sandbox) {
     let train = s.pairs("train.tsv", 40);
     let dev = s.pairs("dev.tsv", 10);
     for (p, out) in [(&train, "mem"), (&dev, "dev")] {
-        pema([
-            "memory",
-            "build",
-            "--model",
-            &m,
-            "--pairs",
-            &arg(p),
-            "--out",
-            &arg(&s.path(out)),
-        ])
-        .succeeds();
+        pema(s.build(&arg(p), &arg(&s.path(out)), &[])).succeeds();
     }
     pema([
         "export-head",
@@ -328,15 +309,7 @@ fn a_full_disk_gives_a_clear_error_and_a_store_that_resumes() {
     };
     let _ = std::fs::write(full.0.join("filler"), vec![0u8; 4096]);
     let hyp = full.0.join("hyp.txt");
-    let r = pema([
-        "decode",
-        "--model",
-        &arg(&s.model()),
-        "--pairs",
-        &arg(&pairs),
-        "--out",
-        &arg(&hyp),
-    ]);
+    let r = pema(s.decode(&arg(&pairs), &arg(&hyp), &[]));
     r.fails_with(&["hyp.txt", "No space left on device"]);
     assert!(!hyp.exists());
     assert!(!full.0.join("hyp.txt.tmp").exists());
