@@ -14,26 +14,33 @@ use crate::args::TaskInput;
 /// The environment variable holding a bearer token (client and server).
 pub const TOKEN_ENV: &str = "PEMA_TOKEN";
 
-/// Reads the bearer token: the first line of `file`, else `PEMA_TOKEN`. Never from the
+/// The bearer tokens: every non-empty line of `file`, else `PEMA_TOKEN`. Never from the
 /// command line (it would show in process listings and shell history).
-pub fn token(file: Option<&Path>) -> Result<String> {
-    let t = match file {
+pub fn tokens(file: Option<&Path>) -> Result<Vec<String>> {
+    let t: Vec<String> = match file {
         Some(f) => std::fs::read_to_string(f)
             .with_context(|| format!("reading the token file {}", f.display()))?
             .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
         None => std::env::var(TOKEN_ENV)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+            .map(|v| v.trim().to_string())
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .collect(),
     };
-    if t.is_empty() {
-        bail!("no access token: give a token file or set {TOKEN_ENV}");
+    match (t.is_empty(), file) {
+        (true, Some(f)) => bail!("the token file {} holds no token", f.display()),
+        (true, None) => bail!("no access token: give a token file or set {TOKEN_ENV}"),
+        (false, _) => Ok(t),
     }
-    Ok(t)
+}
+
+/// The client's bearer token: the first of [`tokens`].
+pub fn token(file: Option<&Path>) -> Result<String> {
+    Ok(tokens(file)?.swap_remove(0))
 }
 
 /// Connects to the service at `url` with the token of `token_file` (else `PEMA_TOKEN`),
@@ -119,32 +126,9 @@ pub struct ServeCmdArgs {
     pub device: crate::backend::DeviceArg,
 }
 
-impl ServeCmdArgs {
-    /// The accepted tokens: every non-empty line of the token file, else `PEMA_TOKEN`.
-    fn tokens(&self) -> Result<Vec<String>> {
-        match &self.token_file {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("reading the token file {}", f.display()))?;
-                let t: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(String::from)
-                    .collect();
-                if t.is_empty() {
-                    bail!("the token file {} holds no token", f.display());
-                }
-                Ok(t)
-            }
-            None => Ok(vec![token(None)?]),
-        }
-    }
-}
-
 /// Runs `pema serve` until Ctrl-C / SIGTERM, then drains the open sessions.
 pub fn serve<B: Backend>(args: &ServeCmdArgs, device: &B::Device) -> Result<()> {
-    let tokens = args.tokens()?;
+    let tokens = tokens(args.token_file.as_deref())?;
     let m = pema_backbone::load_model_dir::<B>(&args.model, device)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
@@ -202,4 +186,24 @@ pub fn serve<B: Backend>(args: &ServeCmdArgs, device: &B::Device) -> Result<()> 
     )?;
     eprintln!("pema serve: stopped; {}", serde_json::to_string(&stats)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_gives_its_non_empty_lines_and_the_client_takes_the_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "\n  alpha  \n\nbeta\n").expect("write");
+        assert_eq!(tokens(Some(&f)).expect("tokens"), ["alpha", "beta"]);
+        assert_eq!(token(Some(&f)).expect("token"), "alpha");
+        std::fs::write(&f, " \n\n").expect("write");
+        let e = tokens(Some(&f)).expect_err("empty").to_string();
+        assert!(e.contains("holds no token"), "{e}");
+        let missing = dir.path().join("absent");
+        let e = format!("{:#}", token(Some(&missing)).expect_err("missing"));
+        assert!(e.contains("reading the token file"), "{e}");
+    }
 }
