@@ -1,7 +1,7 @@
 //! Prefill and decode throughput (tokens/s) of the real models on CPU (burn-flex), three ways
 //! in the same run: the plain model (`Transformer::forward`, reference kernels, f32 weights),
 //! the serving engine with CPU kernels and f32 weights, and the engine with packed quantised
-//! weights (the `pema` default). Compare with `benches/llamacpp_speed.py` run in the same
+//! weights (the `pema` default; on an AVX-512 CPU also with the AVX2 kernels forced). Compare with `benches/llamacpp_speed.py` run in the same
 //! session.
 //!
 //! Needs `cargo xtask fetch-assets`; prints a skip line per model when its files are absent.
@@ -16,6 +16,7 @@ use burn::backend::Flex;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pema_backbone::gguf::GgufFile;
 use pema_backbone::packed::PackedModel;
+use pema_backbone::packed::simd::Simd;
 use pema_backbone::{CpuKernels, Engine, LoadedModel, SeqKv, load_model_dir};
 
 type B = Flex;
@@ -113,6 +114,15 @@ fn backbone(c: &mut Criterion) {
         bench_engine(c, name, "cpu-f32", &m, &cpu);
         let pk = Engine::new(&m.model).with_kernels(Box::new(CpuKernels::with_packed(packed)));
         bench_engine(c, name, "cpu-packed", &m, &pk);
+        // On an AVX-512 CPU, the AVX2 kernels too (what an AVX2-only machine runs).
+        if Simd::detect() == Simd::Avx512Vnni {
+            let avx2 = PackedModel::from_gguf(&file, m.model.config.n_layers)
+                .expect("packed")
+                .with_simd(Simd::Avx2);
+            let k = CpuKernels::with_packed(Arc::new(avx2));
+            let pk = Engine::new(&m.model).with_kernels(Box::new(k));
+            bench_engine(c, name, "cpu-packed-avx2", &m, &pk);
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //! the f32 path. Used through [`crate::kernels::CpuKernels`].
 
 pub mod act;
+#[cfg(target_arch = "x86_64")]
+pub mod direct;
 pub mod simd;
 pub mod unpack;
 
@@ -181,6 +183,15 @@ fn chunk_generic(
     }
 }
 
+/// Q4_0, Q4_1, Q5_0, Q5_1: the types [`direct`] reads without unpacking.
+#[cfg(target_arch = "x86_64")]
+fn is_legacy(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+    )
+}
+
 fn chunk(
     simd: Simd,
     ty: GgmlType,
@@ -197,9 +208,54 @@ fn chunk(
             unsafe { simd::q8_0_rows_avx512(cols, bytes, row_bytes, act, out) }
         }
         #[cfg(target_arch = "x86_64")]
+        Simd::Avx512Vnni if is_legacy(ty) => {
+            // SAFETY: as above; `ty` selects the block layout the kernel reads.
+            unsafe {
+                match ty {
+                    GgmlType::Q4_0 => direct::legacy_rows_avx512::<18, false, false>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                    GgmlType::Q4_1 => direct::legacy_rows_avx512::<20, true, false>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                    GgmlType::Q5_0 => direct::legacy_rows_avx512::<22, false, true>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                    _ => direct::legacy_rows_avx512::<24, true, true>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
         Simd::Avx512Vnni => {
             // SAFETY: `matmul` only passes a `simd` the CPU has (`Simd::available`).
             unsafe { chunk_avx512(ty, cols, bytes, row_bytes, act, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 if ty == GgmlType::Q8_0 => {
+            // SAFETY: `matmul` only passes a `simd` the CPU has (`Simd::available`).
+            unsafe { direct::q8_0_rows_avx2(cols, bytes, row_bytes, act, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 if is_legacy(ty) => {
+            // SAFETY: as above; `ty` selects the block layout the kernel reads.
+            unsafe {
+                match ty {
+                    GgmlType::Q4_0 => direct::legacy_rows_avx2::<18, false, false>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                    GgmlType::Q4_1 => direct::legacy_rows_avx2::<20, true, false>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                    GgmlType::Q5_0 => direct::legacy_rows_avx2::<22, false, true>(
+                        cols, bytes, row_bytes, act, out,
+                    ),
+                    _ => {
+                        direct::legacy_rows_avx2::<24, true, true>(cols, bytes, row_bytes, act, out)
+                    }
+                }
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => {

@@ -93,36 +93,101 @@ pub fn dot_rows_scalar(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
     }
 }
 
-/// AVX2 kernel.
+/// AVX2 kernel: 32 codes per `vpmaddubsw`, per-lane scales, activation rows in tiles of 4
+/// (each weight load serves 4 rows).
+///
+/// `vpmaddubsw` adds two u8·i8 products into an i16, which holds for codes ≤ 127 (every type
+/// but Q8_0). Q8_0's offset codes (q + 128, up to 255) are multiplied in their signed form
+/// (`|q|` times `x` with `q`'s sign, as llama.cpp does); its bias 128·d then cancels the offset
+/// exactly and is skipped.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`Simd::available`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_rows_avx2(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
+    // SAFETY (both calls): this function's contract.
+    if w.offset128 {
+        unsafe { rows_avx2::<true>(w, act, out) }
+    } else {
+        unsafe { rows_avx2::<false>(w, act, out) }
+    }
+}
+
+/// [`dot_rows_avx2`] for one code form (`SIGNED`: Q8_0's offset codes).
+///
+/// # Safety
+/// As [`dot_rows_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn rows_avx2<const SIGNED: bool>(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
+    let mut r = 0;
+    while r + 4 <= out.len() {
+        // SAFETY: this function's contract; rows r..r+4 exist.
+        unsafe { tile_avx2::<4, SIGNED>(w, act, r, &mut out[r..r + 4]) };
+        r += 4;
+    }
+    while r < out.len() {
+        // SAFETY: as above for row r.
+        unsafe { tile_avx2::<1, SIGNED>(w, act, r, &mut out[r..r + 1]) };
+        r += 1;
+    }
+}
+
+/// Rows `r0..r0+T` of [`dot_rows_avx2`].
+///
+/// # Safety
+/// As [`dot_rows_avx2`]; `r0 + T ≤ act.rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_avx2<const T: usize, const SIGNED: bool>(
+    w: &Unpacked,
+    act: &QuantAct,
+    r0: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let cols = act.cols;
-    let groups = cols / GROUP;
-    for (r, o) in out.iter_mut().enumerate() {
-        let q = &act.q[r * cols..(r + 1) * cols];
-        let al = &act.lane[r * cols / 4..(r + 1) * cols / 4];
-        let mut acc = _mm256_setzero_ps();
-        for k in 0..groups {
-            // SAFETY: `u` and `q` hold `cols` bytes, so the 16 bytes at k·16 are in bounds
-            // (unaligned loads).
-            let (u16s, q16s) = unsafe {
-                (
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(w.u.as_ptr().add(k * GROUP).cast())),
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(q.as_ptr().add(k * GROUP).cast())),
-                )
-            };
-            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(u16s, q16s));
-            acc = _mm256_fmadd_ps(p, _mm256_set1_ps(w.ws[4 * k] * al[4 * k]), acc);
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for c in 0..cols / 32 {
+        // SAFETY: `u` and each `q` row hold `cols` ≥ 32·(c+1) bytes, `ws`/`wb` and each
+        // `lane`/`lsum` row `cols/4` ≥ 8·(c+1) floats; rows r0..r0+T exist (unaligned loads).
+        unsafe {
+            let uv = _mm256_loadu_si256(w.u.as_ptr().add(32 * c).cast());
+            let wsv = _mm256_loadu_ps(w.ws.as_ptr().add(8 * c));
+            let wbv = _mm256_loadu_ps(w.wb.as_ptr().add(8 * c));
+            // Q8_0: the signed codes q = u − 128 and their magnitudes.
+            let sv = _mm256_xor_si256(uv, flip);
+            let mag = _mm256_sign_epi8(sv, sv);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let r = r0 + j;
+                let qv = _mm256_loadu_si256(act.q.as_ptr().add(r * cols + 32 * c).cast());
+                let pairs = if SIGNED {
+                    _mm256_maddubs_epi16(mag, _mm256_sign_epi8(qv, sv))
+                } else {
+                    _mm256_maddubs_epi16(uv, qv)
+                };
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                let al = _mm256_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 8 * c));
+                let t = _mm256_fmadd_ps(p, _mm256_mul_ps(wsv, al), *a);
+                *a = if SIGNED {
+                    t
+                } else {
+                    let ls = _mm256_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 8 * c));
+                    _mm256_fnmadd_ps(wbv, ls, t)
+                };
+            }
         }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
         let mut lanes = [0f32; 8];
         // SAFETY: `lanes` holds 8 f32 (unaligned store).
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        *o = lanes.iter().sum::<f32>() - bias_from(w, act, r, 0);
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        *o = lanes.iter().sum::<f32>();
     }
 }
 

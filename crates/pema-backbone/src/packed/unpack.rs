@@ -31,8 +31,14 @@ fn f16_table() -> &'static [f32] {
 }
 
 #[inline(always)]
-fn f16_at(t: &[f32], b: &[u8], i: usize) -> f32 {
+fn f16_in(t: &[f32], b: &[u8], i: usize) -> f32 {
     t[usize::from(u16::from_le_bytes([b[i], b[i + 1]]))]
+}
+
+/// The f16 at byte `i` of `b`, as f32 (a table load).
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16_in(f16_table(), b, i)
 }
 
 /// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block.
@@ -57,6 +63,9 @@ pub struct Unpacked {
     pub ws: Vec<f32>,
     /// Bias per 4 elements (each group's bias repeated 4 times).
     pub wb: Vec<f32>,
+    /// Codes are signed values offset by 128 with `wb = 128·ws` exactly (Q8_0): kernels may
+    /// multiply `u − 128` and skip the bias.
+    pub offset128: bool,
 }
 
 impl Unpacked {
@@ -66,6 +75,7 @@ impl Unpacked {
             u: vec![0; cols],
             ws: vec![0.0; cols / 4],
             wb: vec![0.0; cols / 4],
+            offset128: false,
         }
     }
 }
@@ -90,6 +100,7 @@ pub fn supported(ty: GgmlType) -> bool {
 #[inline(always)]
 pub fn unpack_row(ty: GgmlType, row: &[u8], out: &mut Unpacked) {
     let t = f16_table();
+    out.offset128 = ty == GgmlType::Q8_0;
     match ty {
         GgmlType::Q4_0 => legacy::<18, false, false>(t, row, out),
         GgmlType::Q4_1 => legacy::<20, true, false>(t, row, out),
@@ -115,10 +126,10 @@ fn legacy<const BB: usize, const MIN: bool, const HIGH: bool>(
         .zip(out.u.chunks_exact_mut(32))
         .enumerate()
     {
-        let d = f16_at(t, b, 0);
+        let d = f16_in(t, b, 0);
         let o = if MIN { 4 } else { 2 };
         let bias = if MIN {
-            -f16_at(t, b, 2)
+            -f16_in(t, b, 2)
         } else if HIGH {
             16.0 * d
         } else {
@@ -153,7 +164,7 @@ fn q8_0(t: &[f32], row: &[u8], out: &mut Unpacked) {
         .zip(out.u.chunks_exact_mut(32))
         .enumerate()
     {
-        let d = f16_at(t, b, 0);
+        let d = f16_in(t, b, 0);
         for (x, &q) in u.iter_mut().zip(&b[2..34]) {
             *x = q ^ 0x80;
         }
@@ -170,8 +181,8 @@ fn k_4_5<const BB: usize, const HIGH: bool>(t: &[f32], row: &[u8], out: &mut Unp
         .zip(out.u.chunks_exact_mut(256))
         .enumerate()
     {
-        let d = f16_at(t, b, 0);
-        let dmin = f16_at(t, b, 2);
+        let d = f16_in(t, b, 0);
+        let dmin = f16_in(t, b, 2);
         let scales = &b[4..16];
         let (qh, qs) = if HIGH {
             (&b[16..48], &b[48..176])
@@ -209,7 +220,7 @@ fn q6_k(t: &[f32], row: &[u8], out: &mut Unpacked) {
         .zip(out.u.chunks_exact_mut(256))
         .enumerate()
     {
-        let d = f16_at(t, b, 208);
+        let d = f16_in(t, b, 208);
         for h in 0..2 {
             let ql = &b[64 * h..64 * h + 64];
             let qh = &b[128 + 32 * h..128 + 32 * h + 32];
