@@ -8,6 +8,7 @@
 //! products; these kernels remove most of it.
 
 use super::act::QuantAct;
+use super::simd::in_tiles_of_4;
 use super::unpack::f16_at;
 
 /// AVX2 kernel reading Q8_0 blocks directly (no unpacked copy): per block of 32, `|q|`
@@ -32,17 +33,12 @@ pub unsafe fn q8_0_rows_avx2(
         for (b, db) in d.iter_mut().enumerate() {
             *db = f16_at(row, 34 * b);
         }
-        let mut r = 0;
-        while r + 4 <= n {
-            // SAFETY: this function's contract; rows r..r+4 exist.
-            unsafe { q8_0_tile_avx2::<4>(row, &d, act, r, &mut o[r..r + 4]) };
-            r += 4;
-        }
-        while r < n {
-            // SAFETY: as above for row r.
-            unsafe { q8_0_tile_avx2::<1>(row, &d, act, r, &mut o[r..r + 1]) };
-            r += 1;
-        }
+        // SAFETY (both tiles): this function's contract; the rows of each tile exist.
+        in_tiles_of_4(
+            o,
+            |r, t| unsafe { q8_0_tile_avx2::<4>(row, &d, act, r, t) },
+            |r, t| unsafe { q8_0_tile_avx2::<1>(row, &d, act, r, t) },
+        );
     }
 }
 
@@ -177,17 +173,12 @@ pub unsafe fn legacy_rows_avx2<const BB: usize, const MIN: bool, const HIGH: boo
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         // SAFETY: this function's contract (AVX2; whole blocks).
         unsafe { w.decode::<BB, MIN, HIGH>(row) };
-        let mut r = 0;
-        while r + 4 <= n {
-            // SAFETY: this function's contract; rows r..r+4 exist.
-            unsafe { legacy_tile::<4>(&w.u, &w.s, &w.b, act, r, &mut o[r..r + 4]) };
-            r += 4;
-        }
-        while r < n {
-            // SAFETY: as above for row r.
-            unsafe { legacy_tile::<1>(&w.u, &w.s, &w.b, act, r, &mut o[r..r + 1]) };
-            r += 1;
-        }
+        // SAFETY (both tiles): this function's contract; the rows of each tile exist.
+        in_tiles_of_4(
+            o,
+            |r, t| unsafe { legacy_tile::<4>(&w.u, &w.s, &w.b, act, r, t) },
+            |r, t| unsafe { legacy_tile::<1>(&w.u, &w.s, &w.b, act, r, t) },
+        );
     }
 }
 
@@ -210,17 +201,12 @@ pub unsafe fn legacy_rows_avx512<const BB: usize, const MIN: bool, const HIGH: b
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         // SAFETY: this function's contract (AVX-512 implies AVX2; whole blocks).
         unsafe { w.decode::<BB, MIN, HIGH>(row) };
-        let mut r = 0;
-        while r + 4 <= n {
-            // SAFETY: this function's contract; rows r..r+4 exist.
-            unsafe { legacy_tile_avx512::<4>(&w, act, r, &mut o[r..r + 4]) };
-            r += 4;
-        }
-        while r < n {
-            // SAFETY: as above for row r.
-            unsafe { legacy_tile_avx512::<1>(&w, act, r, &mut o[r..r + 1]) };
-            r += 1;
-        }
+        // SAFETY (both tiles): this function's contract; the rows of each tile exist.
+        in_tiles_of_4(
+            o,
+            |r, t| unsafe { legacy_tile_avx512::<4>(&w, act, r, t) },
+            |r, t| unsafe { legacy_tile_avx512::<1>(&w, act, r, t) },
+        );
     }
 }
 

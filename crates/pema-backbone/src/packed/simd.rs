@@ -93,6 +93,25 @@ pub fn dot_rows_scalar(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
     }
 }
 
+/// Calls `four(r, out[r..r+4])` while 4 activation rows remain, then `one(r, out[r..r+1])` for
+/// each row left (every kernel's tiling; inlined into the caller's target features).
+#[inline(always)]
+pub(super) fn in_tiles_of_4(
+    out: &mut [f32],
+    mut four: impl FnMut(usize, &mut [f32]),
+    mut one: impl FnMut(usize, &mut [f32]),
+) {
+    let mut r = 0;
+    while r + 4 <= out.len() {
+        four(r, &mut out[r..r + 4]);
+        r += 4;
+    }
+    while r < out.len() {
+        one(r, &mut out[r..r + 1]);
+        r += 1;
+    }
+}
+
 /// AVX2 kernel: 32 codes per `vpmaddubsw`, per-lane scales, activation rows in tiles of 4
 /// (each weight load serves 4 rows).
 ///
@@ -122,17 +141,12 @@ pub unsafe fn dot_rows_avx2(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn rows_avx2<const SIGNED: bool>(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
-    let mut r = 0;
-    while r + 4 <= out.len() {
-        // SAFETY: this function's contract; rows r..r+4 exist.
-        unsafe { tile_avx2::<4, SIGNED>(w, act, r, &mut out[r..r + 4]) };
-        r += 4;
-    }
-    while r < out.len() {
-        // SAFETY: as above for row r.
-        unsafe { tile_avx2::<1, SIGNED>(w, act, r, &mut out[r..r + 1]) };
-        r += 1;
-    }
+    // SAFETY (both tiles): this function's contract; the rows of each tile exist.
+    in_tiles_of_4(
+        out,
+        |r, t| unsafe { tile_avx2::<4, SIGNED>(w, act, r, t) },
+        |r, t| unsafe { tile_avx2::<1, SIGNED>(w, act, r, t) },
+    );
 }
 
 /// Rows `r0..r0+T` of [`dot_rows_avx2`].
@@ -199,17 +213,12 @@ unsafe fn tile_avx2<const T: usize, const SIGNED: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot_rows_avx512(w: &Unpacked, act: &QuantAct, out: &mut [f32]) {
-    let mut r = 0;
-    while r + 4 <= out.len() {
-        // SAFETY: this function's contract.
-        unsafe { tile_avx512::<4>(w, act, r, &mut out[r..r + 4]) };
-        r += 4;
-    }
-    while r < out.len() {
-        // SAFETY: this function's contract.
-        unsafe { tile_avx512::<1>(w, act, r, &mut out[r..r + 1]) };
-        r += 1;
-    }
+    // SAFETY (both tiles): this function's contract; the rows of each tile exist.
+    in_tiles_of_4(
+        out,
+        |r, t| unsafe { tile_avx512::<4>(w, act, r, t) },
+        |r, t| unsafe { tile_avx512::<1>(w, act, r, t) },
+    );
 }
 
 /// Rows `r0..r0+T` of [`dot_rows_avx512`].
@@ -273,17 +282,12 @@ pub unsafe fn q8_0_rows_avx512(
         for (b, db) in d.iter_mut().enumerate() {
             *db = half::f16::from_bits(u16::from_le_bytes([row[34 * b], row[34 * b + 1]])).to_f32();
         }
-        let mut r = 0;
-        while r + 4 <= n {
-            // SAFETY: this function's contract; rows r..r+4 exist.
-            unsafe { q8_0_tile::<4>(row, &d, pairs, act, r, &mut o[r..r + 4]) };
-            r += 4;
-        }
-        while r < n {
-            // SAFETY: as above for row r.
-            unsafe { q8_0_tile::<1>(row, &d, pairs, act, r, &mut o[r..r + 1]) };
-            r += 1;
-        }
+        // SAFETY (both tiles): this function's contract; the rows of each tile exist.
+        in_tiles_of_4(
+            o,
+            |r, t| unsafe { q8_0_tile::<4>(row, &d, pairs, act, r, t) },
+            |r, t| unsafe { q8_0_tile::<1>(row, &d, pairs, act, r, t) },
+        );
     }
 }
 
