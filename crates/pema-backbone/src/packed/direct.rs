@@ -1,7 +1,8 @@
 //! Kernels that read GGUF blocks directly, without [`super::unpack`]'s per-4-element scale and
 //! bias arrays: Q8_0 (AVX2; AVX-512 in [`super::simd`]) and the legacy 4/5-bit types (Q4_0,
 //! Q4_1, Q5_0, Q5_1; AVX2 and AVX-512 VNNI), whose 32 codes per block decode into one
-//! register with one scale and one bias per block. Integer products are exact (`vpmaddubsw` +
+//! register with one scale and one bias per block; Q4_K and Q5_K, whose sub-blocks of 32 have
+//! the same form. Integer products are exact (`vpmaddubsw` +
 //! `vpmaddwd` per 32 codes, or `vpdpbusd` per 64), then scaled by `d·a` per block, minus the
 //! bias `b·A` (A = a·Σq per 4 elements, as in [`super::unpack`]). Activation rows go in tiles
 //! of 4: each decoded block serves 4 rows. At batch 1 (decoding) unpacking costs more than the
@@ -9,7 +10,7 @@
 
 use super::act::QuantAct;
 use super::simd::in_tiles_of_4;
-use super::unpack::f16_at;
+use super::unpack::{f16_at, scale_min_k4};
 
 /// AVX2 kernel reading Q8_0 blocks directly (no unpacked copy): per block of 32, `|q|`
 /// times the activations with `q`'s sign in one `vpmaddubsw` (exact: the pair sums stay
@@ -152,7 +153,80 @@ impl LegacyRow {
     }
 }
 
-/// AVX2 kernel for Q4_0, Q4_1, Q5_0, Q5_1 (`BB`, `MIN`, `HIGH` as [`LegacyRow::decode`]):
+impl LegacyRow {
+    /// Decodes a row of Q4_K (`BB` = 144) or Q5_K (`BB` = 176, `HIGH`) blocks: each block's 8
+    /// sub-blocks of 32 have one 6-bit scale and min, so they take the same form (`s` = d·sc,
+    /// `b` = dmin·m).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `row` holds exactly `u.len() / 256` blocks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn decode_k<const BB: usize, const HIGH: bool>(&mut self, row: &[u8]) {
+        use std::arch::x86_64::*;
+        let m4 = _mm256_set1_epi8(0xF);
+        let one = _mm256_set1_epi8(1);
+        let qs_at = if HIGH { 48 } else { 16 };
+        for (bi, blk) in row.chunks_exact(BB).enumerate() {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            for sb in 0..8 {
+                let (sc, m) = scale_min_k4(sb, &blk[4..16]);
+                self.s[8 * bi + sb] = d * f32::from(sc);
+                self.b[8 * bi + sb] = dmin * f32::from(m);
+            }
+            // SAFETY: a block holds 4 × 32 nibble bytes at `qs_at` (and Q5_K's 32 fifth-bit
+            // bytes at 16); `u` holds 256 codes at 256·bi (unaligned loads and stores).
+            unsafe {
+                let qh = if HIGH {
+                    _mm256_loadu_si256(blk.as_ptr().add(16).cast())
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for g in 0..4 {
+                    let q = _mm256_loadu_si256(blk.as_ptr().add(qs_at + 32 * g).cast());
+                    // Sub-block 2g: the low nibbles; 2g + 1: the high ones.
+                    let mut lo = _mm256_and_si256(q, m4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    if HIGH {
+                        // Bit 2g (2g + 1) of each qh byte is the fifth bit of sub-block 2g (2g + 1).
+                        let bit = |k: usize| {
+                            let shifted = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
+                            _mm256_slli_epi16(_mm256_and_si256(shifted, one), 4)
+                        };
+                        lo = _mm256_or_si256(lo, bit(2 * g));
+                        hi = _mm256_or_si256(hi, bit(2 * g + 1));
+                    }
+                    let at = self.u.as_mut_ptr().add(256 * bi + 64 * g);
+                    _mm256_storeu_si256(at.cast(), lo);
+                    _mm256_storeu_si256(at.add(32).cast(), hi);
+                }
+            }
+        }
+    }
+
+    /// [`LegacyRow::decode`] (`K` false) or [`LegacyRow::decode_k`] (`K` true).
+    ///
+    /// # Safety
+    /// As the decoder chosen.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn decode_any<const BB: usize, const MIN: bool, const HIGH: bool, const K: bool>(
+        &mut self,
+        row: &[u8],
+    ) {
+        // SAFETY: this function's contract.
+        unsafe {
+            if K {
+                self.decode_k::<BB, HIGH>(row)
+            } else {
+                self.decode::<BB, MIN, HIGH>(row)
+            }
+        }
+    }
+}
+
+/// AVX2 kernel for Q4_0, Q4_1, Q5_0, Q5_1 (`BB`, `MIN`, `HIGH` as [`LegacyRow::decode`]) and,
+/// with `K`, Q4_K and Q5_K ([`LegacyRow::decode_k`]):
 /// each weight row is decoded once, then dotted with every activation row; `out` is
 /// `[weight rows, act rows]`.
 ///
@@ -161,7 +235,12 @@ impl LegacyRow {
 /// (`row_bytes` = cols / 32 · BB) and `out` one value per (weight row, act row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn legacy_rows_avx2<const BB: usize, const MIN: bool, const HIGH: bool>(
+pub unsafe fn legacy_rows_avx2<
+    const BB: usize,
+    const MIN: bool,
+    const HIGH: bool,
+    const K: bool,
+>(
     cols: usize,
     bytes: &[u8],
     row_bytes: usize,
@@ -172,7 +251,7 @@ pub unsafe fn legacy_rows_avx2<const BB: usize, const MIN: bool, const HIGH: boo
     let mut w = LegacyRow::new(cols);
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         // SAFETY: this function's contract (AVX2; whole blocks).
-        unsafe { w.decode::<BB, MIN, HIGH>(row) };
+        unsafe { w.decode_any::<BB, MIN, HIGH, K>(row) };
         // SAFETY (both tiles): this function's contract; the rows of each tile exist.
         in_tiles_of_4(
             o,
@@ -182,14 +261,19 @@ pub unsafe fn legacy_rows_avx2<const BB: usize, const MIN: bool, const HIGH: boo
     }
 }
 
-/// AVX-512 VNNI kernel for Q4_0, Q4_1, Q5_0, Q5_1: as [`legacy_rows_avx2`] with two blocks
+/// AVX-512 VNNI kernel for Q4_0, Q4_1, Q5_0, Q5_1 (and Q4_K, Q5_K): as [`legacy_rows_avx2`] with two blocks
 /// (64 codes) per `vpdpbusd`.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VNNI; as [`legacy_rows_avx2`] otherwise.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub unsafe fn legacy_rows_avx512<const BB: usize, const MIN: bool, const HIGH: bool>(
+pub unsafe fn legacy_rows_avx512<
+    const BB: usize,
+    const MIN: bool,
+    const HIGH: bool,
+    const K: bool,
+>(
     cols: usize,
     bytes: &[u8],
     row_bytes: usize,
@@ -200,7 +284,7 @@ pub unsafe fn legacy_rows_avx512<const BB: usize, const MIN: bool, const HIGH: b
     let mut w = LegacyRow::new(cols);
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         // SAFETY: this function's contract (AVX-512 implies AVX2; whole blocks).
-        unsafe { w.decode::<BB, MIN, HIGH>(row) };
+        unsafe { w.decode_any::<BB, MIN, HIGH, K>(row) };
         // SAFETY (both tiles): this function's contract; the rows of each tile exist.
         in_tiles_of_4(
             o,

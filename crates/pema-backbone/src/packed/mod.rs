@@ -183,13 +183,63 @@ fn chunk_generic(
     }
 }
 
-/// Q4_0, Q4_1, Q5_0, Q5_1: the types [`direct`] reads without unpacking.
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K: the types [`direct`] reads without unpacking.
 #[cfg(target_arch = "x86_64")]
-fn is_legacy(ty: GgmlType) -> bool {
+fn is_direct(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
     )
+}
+
+/// The [`direct`] kernel for `ty` ([`is_direct`]): AVX-512 VNNI when `wide`, else AVX2.
+///
+/// # Safety
+/// The CPU must have the kernel's features; the arguments as [`direct::legacy_rows_avx2`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn direct_rows(
+    wide: bool,
+    ty: GgmlType,
+    cols: usize,
+    bytes: &[u8],
+    row_bytes: usize,
+    act: &QuantAct,
+    out: &mut [f32],
+) {
+    // Block bytes, has a min, 5-bit codes, K-quant sub-blocks.
+    macro_rules! run {
+        ($bb:literal, $min:literal, $high:literal, $k:literal) => {
+            if wide {
+                // SAFETY: this function's contract.
+                unsafe {
+                    direct::legacy_rows_avx512::<$bb, $min, $high, $k>(
+                        cols, bytes, row_bytes, act, out,
+                    )
+                }
+            } else {
+                // SAFETY: this function's contract.
+                unsafe {
+                    direct::legacy_rows_avx2::<$bb, $min, $high, $k>(
+                        cols, bytes, row_bytes, act, out,
+                    )
+                }
+            }
+        };
+    }
+    match ty {
+        GgmlType::Q4_0 => run!(18, false, false, false),
+        GgmlType::Q4_1 => run!(20, true, false, false),
+        GgmlType::Q5_0 => run!(22, false, true, false),
+        GgmlType::Q5_1 => run!(24, true, true, false),
+        GgmlType::Q4_K => run!(144, true, false, true),
+        GgmlType::Q5_K => run!(176, true, true, true),
+        _ => unreachable!("direct_rows is only called for is_direct types"),
+    }
 }
 
 fn chunk(
@@ -208,23 +258,18 @@ fn chunk(
             unsafe { simd::q8_0_rows_avx512(cols, bytes, row_bytes, act, out) }
         }
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512Vnni if is_legacy(ty) => {
-            // SAFETY: as above; `ty` selects the block layout the kernel reads.
+        Simd::Avx512Vnni | Simd::Avx2 if is_direct(ty) => {
+            // SAFETY: `matmul` only passes a `simd` the CPU has (`Simd::available`).
             unsafe {
-                match ty {
-                    GgmlType::Q4_0 => direct::legacy_rows_avx512::<18, false, false>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                    GgmlType::Q4_1 => direct::legacy_rows_avx512::<20, true, false>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                    GgmlType::Q5_0 => direct::legacy_rows_avx512::<22, false, true>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                    _ => direct::legacy_rows_avx512::<24, true, true>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                }
+                direct_rows(
+                    simd == Simd::Avx512Vnni,
+                    ty,
+                    cols,
+                    bytes,
+                    row_bytes,
+                    act,
+                    out,
+                )
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -236,26 +281,6 @@ fn chunk(
         Simd::Avx2 if ty == GgmlType::Q8_0 => {
             // SAFETY: `matmul` only passes a `simd` the CPU has (`Simd::available`).
             unsafe { direct::q8_0_rows_avx2(cols, bytes, row_bytes, act, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 if is_legacy(ty) => {
-            // SAFETY: as above; `ty` selects the block layout the kernel reads.
-            unsafe {
-                match ty {
-                    GgmlType::Q4_0 => direct::legacy_rows_avx2::<18, false, false>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                    GgmlType::Q4_1 => direct::legacy_rows_avx2::<20, true, false>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                    GgmlType::Q5_0 => direct::legacy_rows_avx2::<22, false, true>(
-                        cols, bytes, row_bytes, act, out,
-                    ),
-                    _ => {
-                        direct::legacy_rows_avx2::<24, true, true>(cols, bytes, row_bytes, act, out)
-                    }
-                }
-            }
         }
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => {
