@@ -9,7 +9,7 @@
 //! products; these kernels remove most of it.
 
 use super::act::QuantAct;
-use super::simd::in_tiles_of_4;
+use super::simd::{in_tiles_of_4, vnni_row_step};
 use super::unpack::{f16_at, scale_min_k4};
 
 /// AVX2 kernel reading Q8_0 blocks directly (no unpacked copy): per block of 32, `|q|`
@@ -328,13 +328,7 @@ unsafe fn legacy_tile_avx512<const T: usize>(
                 _mm512_set1_ps(w.b[2 * p + 1]),
             );
             for (j, a) in acc.iter_mut().enumerate() {
-                let r = r0 + j;
-                let x = _mm512_loadu_si512(act.q.as_ptr().add(r * cols + 64 * p).cast());
-                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uv, x);
-                let al = _mm512_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 16 * p));
-                let ls = _mm512_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 16 * p));
-                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(sv, al), *a);
-                *a = _mm512_fnmadd_ps(bv, ls, t);
+                *a = vnni_row_step(*a, uv, sv, bv, act, r0 + j, 64 * p);
             }
         }
     }

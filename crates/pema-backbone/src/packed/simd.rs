@@ -4,7 +4,7 @@
 //! order of the f32 accumulation.
 
 use super::act::QuantAct;
-use super::unpack::{GROUP, Unpacked};
+use super::unpack::{GROUP, Unpacked, f16_at};
 
 /// The dot-product implementations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +205,39 @@ unsafe fn tile_avx2<const T: usize, const SIGNED: bool>(
     }
 }
 
+/// One 64-code AVX-512 step of activation row `r` at code `at` (every VNNI kernel's inner step):
+/// `a + cvt(Σ u·x per 4 codes)·(s·a_x) − b·A` per lane (a_x the row's scale, A = a_x·Σx per 4
+/// codes).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; row `r` of `act` holds codes `at..at + 64`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn vnni_row_step(
+    a: std::arch::x86_64::__m512,
+    u: std::arch::x86_64::__m512i,
+    s: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+    act: &QuantAct,
+    r: usize,
+    at: usize,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let cols = act.cols;
+    // SAFETY: this function's contract: `q` row r holds 64 codes at `at`, and `lane`/`lsum`
+    // row r 16 floats at at/4 (unaligned loads).
+    unsafe {
+        let x = _mm512_loadu_si512(act.q.as_ptr().add(r * cols + at).cast());
+        let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+        let al = _mm512_loadu_ps(act.lane.as_ptr().add((r * cols + at) / 4));
+        let ls = _mm512_loadu_ps(act.lsum.as_ptr().add((r * cols + at) / 4));
+        let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(s, al), a);
+        _mm512_fnmadd_ps(b, ls, t)
+    }
+}
+
 /// AVX-512 VNNI kernel: 64 codes per `vpdpbusd`, per-lane scales, activation rows in
 /// tiles of 4 (each weight load serves 4 rows).
 ///
@@ -241,13 +274,7 @@ unsafe fn tile_avx512<const T: usize>(w: &Unpacked, act: &QuantAct, r0: usize, o
             let wsv = _mm512_loadu_ps(w.ws.as_ptr().add(16 * c));
             let wbv = _mm512_loadu_ps(w.wb.as_ptr().add(16 * c));
             for (j, a) in acc.iter_mut().enumerate() {
-                let r = r0 + j;
-                let qv = _mm512_loadu_si512(act.q.as_ptr().add(r * cols + 64 * c).cast());
-                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uv, qv);
-                let al = _mm512_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 16 * c));
-                let ls = _mm512_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 16 * c));
-                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wsv, al), *a);
-                *a = _mm512_fnmadd_ps(wbv, ls, t);
+                *a = vnni_row_step(*a, uv, wsv, wbv, act, r0 + j, 64 * c);
             }
         }
     }
@@ -280,7 +307,7 @@ pub unsafe fn q8_0_rows_avx512(
     let mut d = vec![0f32; nb];
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         for (b, db) in d.iter_mut().enumerate() {
-            *db = half::f16::from_bits(u16::from_le_bytes([row[34 * b], row[34 * b + 1]])).to_f32();
+            *db = f16_at(row, 34 * b);
         }
         // SAFETY (both tiles): this function's contract; the rows of each tile exist.
         in_tiles_of_4(
@@ -324,13 +351,7 @@ unsafe fn q8_0_tile<const T: usize>(
             );
             let bs = _mm512_mul_ps(ds, _mm512_set1_ps(128.0));
             for (j, a) in acc.iter_mut().enumerate() {
-                let r = r0 + j;
-                let x = _mm512_loadu_si512(act.q.as_ptr().add(r * cols + 64 * p).cast());
-                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
-                let al = _mm512_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 16 * p));
-                let ls = _mm512_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 16 * p));
-                let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(ds, al), *a);
-                *a = _mm512_fnmadd_ps(bs, ls, t);
+                *a = vnni_row_step(*a, u, ds, bs, act, r0 + j, 64 * p);
             }
         }
     }
