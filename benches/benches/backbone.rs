@@ -11,13 +11,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pema_backbone::gguf::GgufFile;
 use pema_backbone::packed::PackedModel;
 use pema_backbone::packed::simd::Simd;
-use pema_backbone::{CpuKernels, Engine, LoadedModel, SeqKv, load_model_dir};
+use pema_backbone::{CpuKernels, Engine, Kernels, LoadedModel, SeqKv, Transformer, load_model_dir};
 
 type B = Flex;
 
@@ -25,6 +26,9 @@ const PREFILL: usize = 128;
 
 /// Sequences per decoding step in the batched benchmark (the standard profile's batch).
 const DECODE_BATCH: usize = 16;
+
+/// Consecutive decoding steps per timed run (llama.cpp's side times 64 after its prefill).
+const DECODE_RUN: u64 = 64;
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
@@ -64,35 +68,54 @@ fn bench_engine(c: &mut Criterion, name: &str, label: &str, m: &LoadedModel<B>, 
         .expect("prefill");
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_step_at_128", |b| {
-        b.iter_batched(
-            || warm.clone(),
-            |mut kv| {
-                let h = model
-                    .forward_ragged(kernels, &[&[ids[5]]], &mut [&mut kv])
-                    .expect("step");
-                kernels.head(&model.head, h).argmax(1).into_data()
-            },
-            BatchSize::LargeInput,
-        )
+        b.iter_custom(|iters| decode_runs(model, kernels, &warm, &ids, 1, iters))
     });
     // The `reproduce-paper` workload: 16 sequences decode one token each (ragged batch).
-    let batch: Vec<SeqKv<B>> = vec![warm.clone(); DECODE_BATCH];
     g.throughput(Throughput::Elements(DECODE_BATCH as u64));
     g.bench_function("decode_step_batch16_at_128", |b| {
-        b.iter_batched(
-            || batch.clone(),
-            |mut kvs| {
-                let feed: Vec<&[u32]> = (0..DECODE_BATCH).map(|i| &ids[i..=i]).collect();
-                let mut refs: Vec<&mut SeqKv<B>> = kvs.iter_mut().collect();
-                let h = model
-                    .forward_ragged(kernels, &feed, &mut refs)
-                    .expect("step");
-                kernels.head(&model.head, h).argmax(1).into_data()
-            },
-            BatchSize::LargeInput,
-        )
+        b.iter_custom(|iters| decode_runs(model, kernels, &warm, &ids, DECODE_BATCH, iters))
     });
     g.finish();
+}
+
+/// Times `iters` greedy decoding steps of `batch` sequences as llama.cpp's side of the
+/// comparison does (`benches/llamacpp_speed.py`): runs of [`DECODE_RUN`] consecutive steps, each
+/// run from a copy of the 128-token prefill (copied untimed), so the caches grow as in real
+/// decoding (positions 128 to 191) instead of reallocating on every timed step.
+fn decode_runs(
+    model: &Transformer<B>,
+    kernels: &dyn Kernels<B>,
+    warm: &SeqKv<B>,
+    ids: &[u32],
+    batch: usize,
+    iters: u64,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let mut kvs = vec![warm.clone(); batch];
+        let mut next: Vec<u32> = ids[..batch].to_vec();
+        let run = (iters - done).min(DECODE_RUN);
+        let t0 = Instant::now();
+        for _ in 0..run {
+            let feed: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
+            let mut refs: Vec<&mut SeqKv<B>> = kvs.iter_mut().collect();
+            let h = model
+                .forward_ragged(kernels, &feed, &mut refs)
+                .expect("step");
+            let top = kernels.head(&model.head, h).argmax(1).into_data();
+            next = top
+                .convert::<i64>()
+                .into_vec::<i64>()
+                .expect("ids")
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+        }
+        total += t0.elapsed();
+        done += run;
+    }
+    total
 }
 
 fn backbone(c: &mut Criterion) {

@@ -138,8 +138,29 @@ pub trait Kernels<B: Backend>: Send + Sync {
         crate::attention::attention_tensor(layer, q, k, v, batch, spec)
     }
 
+    /// Runs one forward pass `f` where these kernels want it run. The default runs it on the
+    /// calling thread; the CPU kernels run it on a thread of rayon's pool (see
+    /// [`on_rayon_worker`]).
+    fn run_forward(&self, f: &mut (dyn FnMut() + Send)) {
+        f()
+    }
+
     /// A short name for reports (`reference`, `cpu`, `cpu-packed`).
     fn name(&self) -> &'static str;
+}
+
+/// Runs `f` on a thread of rayon's global pool (at once when already on one). A decoding step
+/// is hundreds of small parallel products; started from a thread outside the pool, each one is
+/// handed to the pool and waited for (a wake-up and a sleep per product), while from a worker
+/// the caller takes part and its peers, still spinning from the last product, steal at once
+/// (SmolLM2 packed decoding on 2 cores: 70–73 → 92–103 tok/s).
+pub fn on_rayon_worker(f: &mut (dyn FnMut() + Send)) {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        // `scope` runs its closure on a worker of the pool and blocks until it returns.
+        rayon::scope(|_| f())
+    }
 }
 
 /// Plain burn ops everywhere: the exact reference, on any backend (and differentiable).
@@ -200,10 +221,17 @@ impl<B: Backend> Kernels<B> for CpuKernels {
 
     fn head(&self, head: &LmHead<B>, h: Tensor<B, 2>) -> Tensor<B, 2> {
         let packed = self.packed.as_ref();
-        match packed.and_then(|p| p.head().map(|m| (m, p.simd()))) {
-            Some((m, simd)) => crate::packed::matmul_tensor(m, simd, head.norm(h)),
-            None => crate::elementwise::head_logits(head, h),
-        }
+        let mut slot = Some(h);
+        let mut logits = None;
+        on_rayon_worker(&mut || {
+            if let Some(h) = slot.take() {
+                logits = Some(match packed.and_then(|p| p.head().map(|m| (m, p.simd()))) {
+                    Some((m, simd)) => crate::packed::matmul_tensor(m, simd, head.norm(h)),
+                    None => crate::elementwise::head_logits(head, h),
+                });
+            }
+        });
+        logits.expect("on_rayon_worker runs its closure once")
     }
 
     fn attention(
@@ -230,6 +258,10 @@ impl<B: Backend> Kernels<B> for CpuKernels {
         sin: &Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         crate::elementwise::rope(rope, x, cos, sin)
+    }
+
+    fn run_forward(&self, f: &mut (dyn FnMut() + Send)) {
+        on_rayon_worker(f)
     }
 
     fn name(&self) -> &'static str {

@@ -212,9 +212,21 @@ impl<B: Backend> Transformer<B> {
             .collect();
         let new: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
         let ctx = self.step_context(&positions, &device);
-        for (il, block) in self.blk.iter().enumerate() {
-            x = self.block_forward(il, block, x, kernels, seqs, &new, &ctx);
-        }
+        let mut slot = Some(x);
+        kernels.run_forward(&mut || {
+            if let Some(mut h) = slot.take() {
+                for (il, block) in self.blk.iter().enumerate() {
+                    h = self.block_forward(il, block, h, kernels, seqs, &new, &ctx);
+                }
+                slot = Some(h);
+            }
+        });
+        let x = slot.ok_or_else(|| {
+            BackboneError::Invalid(format!(
+                "the {} kernels did not run the forward pass",
+                kernels.name()
+            ))
+        })?;
         for (s, t) in seqs.iter_mut().zip(tokens) {
             s.len += t.len();
         }

@@ -125,6 +125,39 @@ fn every_kernel_matches_the_exact_product() {
     }
 }
 
+/// Continuous batching relies on it: every kernel gives an activation row the same bits alone
+/// (decoding, where some kernels decode weights in registers) as inside a batch (tiles of 4).
+#[test]
+fn a_row_alone_equals_its_row_in_a_batch() {
+    let kernels: Vec<Simd> = [Simd::Scalar, Simd::Avx2, Simd::Avx512Vnni]
+        .into_iter()
+        .filter(|s| s.available())
+        .collect();
+    for ty in TYPES {
+        for cols in cols_for(ty) {
+            let rows = 13;
+            let w: Vec<f32> = pseudo_random(21, rows * cols).to_vec();
+            let bytes = quantize(ty, &w).expect("quantize");
+            let m = PackedMatrix::new(ty, rows, cols, bytes).expect("packed");
+            let n = 6;
+            let x: Vec<f32> = pseudo_random(7, n * cols).iter().map(|v| v * 2.0).collect();
+            for &k in &kernels {
+                let batch = m.matmul(&x, n, k);
+                for r in 0..n {
+                    let alone = m.matmul(&x[r * cols..(r + 1) * cols], 1, k);
+                    for o in 0..rows {
+                        assert_eq!(
+                            alone[o].to_bits(),
+                            batch[r * rows + o].to_bits(),
+                            "{ty:?} {k:?} cols {cols} row {r} out {o}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_shapes_are_errors() {
     assert!(PackedMatrix::new(GgmlType::Q4_K, 2, 128, vec![0; 2 * 72]).is_err());

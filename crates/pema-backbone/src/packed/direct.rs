@@ -108,48 +108,121 @@ impl LegacyRow {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn decode<const BB: usize, const MIN: bool, const HIGH: bool>(&mut self, row: &[u8]) {
-        use std::arch::x86_64::*;
-        let m4 = _mm_set1_epi8(0xF);
-        // Byte i of a block takes bit i of Q5's 32-bit mask: bytes 0–7 read the mask's byte
-        // 0, 8–15 its byte 1, …
-        let spread = _mm256_setr_epi64x(
-            0,
-            0x0101_0101_0101_0101,
-            0x0202_0202_0202_0202,
-            0x0303_0303_0303_0303,
-        );
-        // … and are all ones exactly where their own bit (i mod 8) is set, once every other
-        // bit is or-ed in.
-        let others = _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFE);
-        let fifth = _mm256_set1_epi8(0x10);
         for (b, blk) in row.chunks_exact(BB).enumerate() {
-            let d = f16_at(blk, 0);
-            let at = if MIN { 4 } else { 2 };
-            self.s[b] = d;
-            self.b[b] = if MIN {
-                -f16_at(blk, 2)
-            } else if HIGH {
-                16.0 * d
-            } else {
-                8.0 * d
-            };
-            let qs_at = if HIGH { at + 4 } else { at };
-            // SAFETY: a block holds its 16 nibble bytes at `qs_at` (and Q5's mask at `at`);
-            // `u` holds 32 bytes at 32b (unaligned loads and store).
+            // SAFETY: AVX2 (this function's contract); `blk` is one whole block; `u` holds 32
+            // bytes at 32b (unaligned store).
             unsafe {
-                let qs = _mm_loadu_si128(blk.as_ptr().add(qs_at).cast());
-                let lo = _mm_and_si128(qs, m4);
-                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
-                let mut codes = _mm256_set_m128i(hi, lo);
-                if HIGH {
-                    let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
-                    let rep = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), spread);
-                    let set = _mm256_cmpeq_epi8(_mm256_or_si256(rep, others), _mm256_set1_epi8(-1));
-                    codes = _mm256_or_si256(codes, _mm256_and_si256(set, fifth));
-                }
-                _mm256_storeu_si256(self.u.as_mut_ptr().add(32 * b).cast(), codes);
+                let (codes, s, bias) = legacy_block::<MIN, HIGH>(blk);
+                std::arch::x86_64::_mm256_storeu_si256(
+                    self.u.as_mut_ptr().add(32 * b).cast(),
+                    codes,
+                );
+                self.s[b] = s;
+                self.b[b] = bias;
             }
         }
+    }
+}
+
+/// One Q4_0, Q4_1, Q5_0 or Q5_1 block (`MIN`: has a min, `HIGH`: 5-bit codes): its 32 codes
+/// `u` (≤ 31) in one register, its scale `s` and its bias `b` (`w = s·u − b`).
+///
+/// # Safety
+/// The CPU must support AVX2; `blk` holds one whole block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn legacy_block<const MIN: bool, const HIGH: bool>(
+    blk: &[u8],
+) -> (std::arch::x86_64::__m256i, f32, f32) {
+    use std::arch::x86_64::*;
+    let d = f16_at(blk, 0);
+    let at = if MIN { 4 } else { 2 };
+    let bias = if MIN {
+        -f16_at(blk, 2)
+    } else if HIGH {
+        16.0 * d
+    } else {
+        8.0 * d
+    };
+    let qs_at = if HIGH { at + 4 } else { at };
+    // SAFETY: a block holds its 16 nibble bytes at `qs_at` (and Q5's mask at `at`) (unaligned
+    // load).
+    let codes = unsafe {
+        let m4 = _mm_set1_epi8(0xF);
+        let qs = _mm_loadu_si128(blk.as_ptr().add(qs_at).cast());
+        let lo = _mm_and_si128(qs, m4);
+        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
+        _mm256_set_m128i(hi, lo)
+    };
+    if !HIGH {
+        return (codes, d, bias);
+    }
+    // Byte i of a block takes bit i of Q5's 32-bit mask: bytes 0–7 read the mask's byte 0,
+    // 8–15 its byte 1, …
+    let spread = _mm256_setr_epi64x(
+        0,
+        0x0101_0101_0101_0101,
+        0x0202_0202_0202_0202,
+        0x0303_0303_0303_0303,
+    );
+    // … and are all ones exactly where their own bit (i mod 8) is set, once every other bit
+    // is or-ed in.
+    let others = _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFE);
+    let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
+    let rep = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), spread);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(rep, others), _mm256_set1_epi8(-1));
+    let fifth = _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+    (_mm256_or_si256(codes, fifth), d, bias)
+}
+
+/// The scales `s` = d·sc and biases `b` = dmin·m of a Q4_K/Q5_K block's 8 sub-blocks.
+fn k_scales(blk: &[u8]) -> ([f32; 8], [f32; 8]) {
+    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+    let (mut s, mut b) = ([0f32; 8], [0f32; 8]);
+    for sb in 0..8 {
+        let (sc, m) = scale_min_k4(sb, &blk[4..16]);
+        s[sb] = d * f32::from(sc);
+        b[sb] = dmin * f32::from(m);
+    }
+    (s, b)
+}
+
+/// The codes of sub-blocks 2g (low nibbles) and 2g + 1 (high nibbles) of a Q4_K block (or
+/// Q5_K, `HIGH`: 5-bit codes), 32 each.
+///
+/// # Safety
+/// The CPU must support AVX2; `blk` holds one whole block, `g < 4`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn k_group<const HIGH: bool>(
+    blk: &[u8],
+    g: usize,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let m4 = _mm256_set1_epi8(0xF);
+    let qs_at = if HIGH { 48 } else { 16 };
+    // SAFETY: a block holds 4 × 32 nibble bytes at `qs_at` (and Q5_K's 32 fifth-bit bytes at
+    // 16) (unaligned loads).
+    unsafe {
+        let q = _mm256_loadu_si256(blk.as_ptr().add(qs_at + 32 * g).cast());
+        let lo = _mm256_and_si256(q, m4);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if !HIGH {
+            return (lo, hi);
+        }
+        let qh = _mm256_loadu_si256(blk.as_ptr().add(16).cast());
+        let one = _mm256_set1_epi8(1);
+        // Bit 2g (2g + 1) of each qh byte is the fifth bit of sub-block 2g (2g + 1).
+        let bit = |k: usize| {
+            let shifted = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
+            _mm256_slli_epi16(_mm256_and_si256(shifted, one), 4)
+        };
+        (
+            _mm256_or_si256(lo, bit(2 * g)),
+            _mm256_or_si256(hi, bit(2 * g + 1)),
+        )
     }
 }
 
@@ -163,42 +236,18 @@ impl LegacyRow {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn decode_k<const BB: usize, const HIGH: bool>(&mut self, row: &[u8]) {
-        use std::arch::x86_64::*;
-        let m4 = _mm256_set1_epi8(0xF);
-        let one = _mm256_set1_epi8(1);
-        let qs_at = if HIGH { 48 } else { 16 };
         for (bi, blk) in row.chunks_exact(BB).enumerate() {
-            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-            for sb in 0..8 {
-                let (sc, m) = scale_min_k4(sb, &blk[4..16]);
-                self.s[8 * bi + sb] = d * f32::from(sc);
-                self.b[8 * bi + sb] = dmin * f32::from(m);
-            }
-            // SAFETY: a block holds 4 × 32 nibble bytes at `qs_at` (and Q5_K's 32 fifth-bit
-            // bytes at 16); `u` holds 256 codes at 256·bi (unaligned loads and stores).
-            unsafe {
-                let qh = if HIGH {
-                    _mm256_loadu_si256(blk.as_ptr().add(16).cast())
-                } else {
-                    _mm256_setzero_si256()
-                };
-                for g in 0..4 {
-                    let q = _mm256_loadu_si256(blk.as_ptr().add(qs_at + 32 * g).cast());
-                    // Sub-block 2g: the low nibbles; 2g + 1: the high ones.
-                    let mut lo = _mm256_and_si256(q, m4);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    if HIGH {
-                        // Bit 2g (2g + 1) of each qh byte is the fifth bit of sub-block 2g (2g + 1).
-                        let bit = |k: usize| {
-                            let shifted = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
-                            _mm256_slli_epi16(_mm256_and_si256(shifted, one), 4)
-                        };
-                        lo = _mm256_or_si256(lo, bit(2 * g));
-                        hi = _mm256_or_si256(hi, bit(2 * g + 1));
-                    }
+            let (s, b) = k_scales(blk);
+            self.s[8 * bi..8 * bi + 8].copy_from_slice(&s);
+            self.b[8 * bi..8 * bi + 8].copy_from_slice(&b);
+            for g in 0..4 {
+                // SAFETY: AVX2 (this function's contract); `blk` is one whole block; `u` holds
+                // 256 codes at 256·bi (unaligned stores).
+                unsafe {
+                    let (lo, hi) = k_group::<HIGH>(blk, g);
                     let at = self.u.as_mut_ptr().add(256 * bi + 64 * g);
-                    _mm256_storeu_si256(at.cast(), lo);
-                    _mm256_storeu_si256(at.add(32).cast(), hi);
+                    std::arch::x86_64::_mm256_storeu_si256(at.cast(), lo);
+                    std::arch::x86_64::_mm256_storeu_si256(at.add(32).cast(), hi);
                 }
             }
         }
@@ -248,6 +297,13 @@ pub unsafe fn legacy_rows_avx2<
     out: &mut [f32],
 ) {
     let n = act.rows;
+    if n == 1 {
+        for (row, o) in bytes.chunks_exact(row_bytes).zip(out.iter_mut()) {
+            // SAFETY: this function's contract (whole rows, one activation row).
+            *o = unsafe { legacy_row1_avx2::<BB, MIN, HIGH, K>(row, act) };
+        }
+        return;
+    }
     let mut w = LegacyRow::new(cols);
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         // SAFETY: this function's contract (AVX2; whole blocks).
@@ -281,6 +337,13 @@ pub unsafe fn legacy_rows_avx512<
     out: &mut [f32],
 ) {
     let n = act.rows;
+    if n == 1 {
+        for (row, o) in bytes.chunks_exact(row_bytes).zip(out.iter_mut()) {
+            // SAFETY: this function's contract (whole rows, one activation row).
+            *o = unsafe { legacy_row1_avx512::<BB, MIN, HIGH, K>(row, act) };
+        }
+        return;
+    }
     let mut w = LegacyRow::new(cols);
     for (row, o) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
         // SAFETY: this function's contract (AVX-512 implies AVX2; whole blocks).
@@ -292,6 +355,84 @@ pub unsafe fn legacy_rows_avx512<
             |r, t| unsafe { legacy_tile_avx512::<1>(&w, act, r, t) },
         );
     }
+}
+
+/// One weight row times a single activation row (decoding, batch 1), the blocks decoded in
+/// registers: the arithmetic of [`legacy_tile_avx512`] step for step (same results, so batch
+/// size still changes nothing) without storing the decoded row and reading it back.
+///
+/// # Safety
+/// As [`legacy_rows_avx512`], with `row` one whole weight row and `act.rows` = 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+unsafe fn legacy_row1_avx512<const BB: usize, const MIN: bool, const HIGH: bool, const K: bool>(
+    row: &[u8],
+    act: &QuantAct,
+) -> f32 {
+    use std::arch::x86_64::*;
+    let pair = |a: f32, b: f32| _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+    let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    let mut acc = _mm512_setzero_ps();
+    let mut tail = 0f32;
+    if K {
+        for (bi, blk) in row.chunks_exact(BB).enumerate() {
+            let (s, b) = k_scales(blk);
+            for g in 0..4 {
+                // SAFETY: this function's contract: a whole block; the activation row holds
+                // 64 codes at 256·bi + 64g.
+                acc = unsafe {
+                    let (lo, hi) = k_group::<HIGH>(blk, g);
+                    let (sv, bv) = (pair(s[2 * g], s[2 * g + 1]), pair(b[2 * g], b[2 * g + 1]));
+                    vnni_row_step(acc, join(lo, hi), sv, bv, act, 0, 256 * bi + 64 * g)
+                };
+            }
+        }
+    } else {
+        let blocks = row.len() / BB;
+        for p in 0..blocks / 2 {
+            // SAFETY: as above (blocks 2p and 2p + 1 exist; 64 codes at 64p).
+            acc = unsafe {
+                let (c0, s0, b0) = legacy_block::<MIN, HIGH>(&row[2 * p * BB..]);
+                let (c1, s1, b1) = legacy_block::<MIN, HIGH>(&row[(2 * p + 1) * BB..]);
+                vnni_row_step(
+                    acc,
+                    join(c0, c1),
+                    pair(s0, s1),
+                    pair(b0, b1),
+                    act,
+                    0,
+                    64 * p,
+                )
+            };
+        }
+        if blocks % 2 == 1 {
+            let mut u = [0u8; 32];
+            // SAFETY: the last block exists; `u` holds 32 bytes (unaligned store).
+            let (s, b) = unsafe {
+                let (c, s, b) = legacy_block::<MIN, HIGH>(&row[(blocks - 1) * BB..]);
+                _mm256_storeu_si256(u.as_mut_ptr().cast(), c);
+                (s, b)
+            };
+            tail = odd_block_term(&u, s, b, act, 0, blocks - 1);
+        }
+    }
+    _mm512_reduce_add_ps(acc) + tail
+}
+
+/// The term of an odd last block `blk` (codes `u`, scale `s`, bias `b`) for activation row `r`,
+/// by scalar code (the AVX-512 kernels take blocks in pairs).
+fn odd_block_term(u: &[u8], s: f32, b: f32, act: &QuantAct, r: usize, blk: usize) -> f32 {
+    let cols = act.cols;
+    let q = &act.q[r * cols + 32 * blk..r * cols + 32 * blk + 32];
+    let isum: i32 = u
+        .iter()
+        .zip(q)
+        .map(|(&u, &x)| i32::from(u) * i32::from(x))
+        .sum();
+    let lanes = r * cols / 4 + 8 * blk;
+    let a = act.lane[lanes];
+    let asum: f32 = act.lsum[lanes..lanes + 8].iter().sum();
+    isum as f32 * (s * a) - b * asum
 }
 
 /// Activation rows `r0..r0+T` of [`legacy_rows_avx512`] for one decoded weight row (an odd
@@ -309,7 +450,6 @@ unsafe fn legacy_tile_avx512<const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let cols = act.cols;
     let pairs = w.s.len() / 2;
     let mut acc = [_mm512_setzero_ps(); T];
     for p in 0..pairs {
@@ -336,16 +476,8 @@ unsafe fn legacy_tile_avx512<const T: usize>(
         let r = r0 + j;
         let mut tail = 0f32;
         for blk in 2 * pairs..w.s.len() {
-            let q = &act.q[r * cols + 32 * blk..r * cols + 32 * blk + 32];
-            let isum: i32 = w.u[32 * blk..32 * blk + 32]
-                .iter()
-                .zip(q)
-                .map(|(&u, &x)| i32::from(u) * i32::from(x))
-                .sum();
-            let lanes = r * cols / 4 + 8 * blk;
-            let a = act.lane[lanes];
-            let asum: f32 = act.lsum[lanes..lanes + 8].iter().sum();
-            tail += isum as f32 * (w.s[blk] * a) - w.b[blk] * asum;
+            let u = &w.u[32 * blk..32 * blk + 32];
+            tail += odd_block_term(u, w.s[blk], w.b[blk], act, r, blk);
         }
         *o = _mm512_reduce_add_ps(acc[j]) + tail;
     }
@@ -368,27 +500,90 @@ unsafe fn legacy_tile<const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let cols = act.cols;
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, (&sb, &bb)) in s.iter().zip(bias).enumerate() {
-        // SAFETY: `u` and each `q` row hold 32 codes at 32b, each `lane`/`lsum` row 8 floats
-        // at 8b (unaligned loads).
+        // SAFETY: `u` holds 32 codes at 32b (unaligned load); the rows of the tile exist.
         unsafe {
             let uv = _mm256_loadu_si256(u.as_ptr().add(32 * b).cast());
-            let (sv, bv) = (_mm256_set1_ps(sb), _mm256_set1_ps(bb));
             for (j, a) in acc.iter_mut().enumerate() {
-                let r = r0 + j;
-                let x = _mm256_loadu_si256(act.q.as_ptr().add(r * cols + 32 * b).cast());
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(uv, x), ones));
-                let al = _mm256_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 8 * b));
-                let ls = _mm256_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 8 * b));
-                *a = _mm256_fnmadd_ps(bv, ls, _mm256_fmadd_ps(p, _mm256_mul_ps(sv, al), *a));
+                *a = avx2_block_step(*a, uv, sb, bb, act, r0 + j, b);
             }
         }
     }
     for (o, a) in out.iter_mut().zip(acc) {
         *o = hsum(a);
+    }
+}
+
+/// One weight row times a single activation row (decoding, batch 1) with the blocks decoded
+/// in registers: [`legacy_tile`]'s arithmetic step for step (same results) without storing
+/// the decoded row.
+///
+/// # Safety
+/// As [`legacy_rows_avx2`], with `row` one whole weight row and `act.rows` = 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn legacy_row1_avx2<const BB: usize, const MIN: bool, const HIGH: bool, const K: bool>(
+    row: &[u8],
+    act: &QuantAct,
+) -> f32 {
+    let mut acc = std::arch::x86_64::_mm256_setzero_ps();
+    for (bi, blk) in row.chunks_exact(BB).enumerate() {
+        // SAFETY (all steps): this function's contract: whole blocks; the activation row
+        // holds the codes of every block.
+        if K {
+            let (s, b) = k_scales(blk);
+            for g in 0..4 {
+                unsafe {
+                    let (lo, hi) = k_group::<HIGH>(blk, g);
+                    let sb = 8 * bi + 2 * g;
+                    acc = avx2_block_step(acc, lo, s[2 * g], b[2 * g], act, 0, sb);
+                    acc = avx2_block_step(acc, hi, s[2 * g + 1], b[2 * g + 1], act, 0, sb + 1);
+                }
+            }
+        } else {
+            unsafe {
+                let (c, s, b) = legacy_block::<MIN, HIGH>(blk);
+                acc = avx2_block_step(acc, c, s, b, act, 0, bi);
+            }
+        }
+    }
+    hsum(acc)
+}
+
+/// `acc + (s·a)·(u·x) − b·A` over block `blk` (32 codes `u`, scale `s`, bias `b`) of
+/// activation row `r`, in 8 lanes: the AVX2 step of [`legacy_tile`] and [`legacy_row1_avx2`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; activation row `r` has block `blk`; `u` ≤ 127.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_block_step(
+    acc: std::arch::x86_64::__m256,
+    u: std::arch::x86_64::__m256i,
+    s: f32,
+    b: f32,
+    act: &QuantAct,
+    r: usize,
+    blk: usize,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let cols = act.cols;
+    // SAFETY: the `q` row holds 32 codes at 32·blk, the `lane`/`lsum` rows 8 floats at 8·blk
+    // (unaligned loads).
+    unsafe {
+        let x = _mm256_loadu_si256(act.q.as_ptr().add(r * cols + 32 * blk).cast());
+        let pairs = _mm256_maddubs_epi16(u, x);
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        let al = _mm256_loadu_ps(act.lane.as_ptr().add(r * cols / 4 + 8 * blk));
+        let ls = _mm256_loadu_ps(act.lsum.as_ptr().add(r * cols / 4 + 8 * blk));
+        let sv = _mm256_set1_ps(s);
+        _mm256_fnmadd_ps(
+            _mm256_set1_ps(b),
+            ls,
+            _mm256_fmadd_ps(p, _mm256_mul_ps(sv, al), acc),
+        )
     }
 }
 
