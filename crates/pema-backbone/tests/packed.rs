@@ -53,12 +53,17 @@ fn unpacked_rows_are_the_dequantised_weights() {
     }
 }
 
-#[test]
-fn every_kernel_matches_the_exact_product() {
-    let kernels: Vec<Simd> = [Simd::Scalar, Simd::Avx2, Simd::Avx512Vnni]
+/// The kernels this CPU can run.
+fn available_kernels() -> Vec<Simd> {
+    [Simd::Scalar, Simd::Avx2, Simd::Avx512Vnni]
         .into_iter()
         .filter(|s| s.available())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn every_kernel_matches_the_exact_product() {
+    let kernels = available_kernels();
     eprintln!("kernels tested: {kernels:?}");
     for ty in TYPES {
         for cols in cols_for(ty) {
@@ -129,10 +134,7 @@ fn every_kernel_matches_the_exact_product() {
 /// (decoding, where some kernels decode weights in registers) as inside a batch (tiles of 4).
 #[test]
 fn a_row_alone_equals_its_row_in_a_batch() {
-    let kernels: Vec<Simd> = [Simd::Scalar, Simd::Avx2, Simd::Avx512Vnni]
-        .into_iter()
-        .filter(|s| s.available())
-        .collect();
+    let kernels = available_kernels();
     for ty in TYPES {
         for cols in cols_for(ty) {
             let rows = 13;
