@@ -53,6 +53,15 @@ impl Files {
         self
     }
 
+    /// Whether the command creates directory `dir` itself (it is one of its output
+    /// directories): a file output may go there (`pema lora --out d --summary d/summary.json`).
+    fn creates(&self, dir: &Path) -> bool {
+        let dir = identity(dir);
+        self.0
+            .iter()
+            .any(|(_, p, r)| *r == Role::OutDir && identity(p) == dir)
+    }
+
     /// Checks every path; the first problem is the error, naming the flag and the path.
     pub fn check(&self) -> Result<()> {
         let mut inputs: Vec<(&str, PathBuf)> = Vec::new();
@@ -83,7 +92,7 @@ impl Files {
                 }
                 Role::OutFile => {
                     let dir = parent(p);
-                    if !dir.is_dir() {
+                    if !dir.is_dir() && !self.creates(dir) {
                         bail!(
                             "{flag} {}: the directory {} does not exist (create it first)",
                             p.display(),
@@ -277,6 +286,21 @@ mod tests {
         let e = check(d.path().join("x"), Some(d.path().join("./x"))).expect_err("same file");
         assert!(e.contains("--refs-out and --out"), "{e}");
         let e = check(d.path().join("no/such/dir/h.txt"), None).expect_err("no dir");
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn a_file_output_may_go_into_the_output_directory_the_command_creates() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let out = d.path().join("lora");
+        let mut f = Files::default();
+        f.out_dir("--out", &out)
+            .out_file("--summary", &out.join("summary.json"));
+        assert!(f.check().is_ok(), "{:?}", f.check());
+        let mut f = Files::default();
+        f.out_dir("--out", &out)
+            .out_file("--summary", &d.path().join("elsewhere/summary.json"));
+        let e = f.check().expect_err("no dir").to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }
