@@ -154,11 +154,11 @@ pub trait Kernels<B: Backend>: Send + Sync {
 /// handed to the pool and waited for (a wake-up and a sleep per product), while from a worker
 /// the caller takes part and its peers, still spinning from the last product, steal at once
 /// (SmolLM2 packed decoding on 2 cores: 70–73 → 92–103 tok/s).
-pub fn on_rayon_worker(f: &mut (dyn FnMut() + Send)) {
+pub fn on_rayon_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
     } else {
-        // `scope` runs its closure on a worker of the pool and blocks until it returns.
+        // `scope` runs its closure on a worker of the pool and returns its value.
         rayon::scope(|_| f())
     }
 }
@@ -221,17 +221,12 @@ impl<B: Backend> Kernels<B> for CpuKernels {
 
     fn head(&self, head: &LmHead<B>, h: Tensor<B, 2>) -> Tensor<B, 2> {
         let packed = self.packed.as_ref();
-        let mut slot = Some(h);
-        let mut logits = None;
-        on_rayon_worker(&mut || {
-            if let Some(h) = slot.take() {
-                logits = Some(match packed.and_then(|p| p.head().map(|m| (m, p.simd()))) {
-                    Some((m, simd)) => crate::packed::matmul_tensor(m, simd, head.norm(h)),
-                    None => crate::elementwise::head_logits(head, h),
-                });
-            }
-        });
-        logits.expect("on_rayon_worker runs its closure once")
+        on_rayon_worker(
+            || match packed.and_then(|p| p.head().map(|m| (m, p.simd()))) {
+                Some((m, simd)) => crate::packed::matmul_tensor(m, simd, head.norm(h)),
+                None => crate::elementwise::head_logits(head, h),
+            },
+        )
     }
 
     fn attention(
