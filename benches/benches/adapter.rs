@@ -1,7 +1,9 @@
 //! criterion bench: one phase-2 PEMA training step (forward with dropout, blockwise head
 //! cross-entropy, backward, Adam) on burn-flex (the `pema` binary's CPU backend), f32.
 //!
-//! Shapes (`batch × d`, rank r, vocabulary V), the fused-head issue's grid:
+//! Shapes (`batch × d`, rank r, vocabulary V), the fused-head issue's grid
+//! ([`pema_pipeline::step_bench::STEP_SHAPES`] without the paper's GPU shape; the state and the
+//! step are [`PhaseTwoStep`]'s, what `pema bench-step` times on any device):
 //! - Gemma 3: d = 640, V = 262,144; r ∈ {64, 512}; B ∈ {256, 2,048}
 //! - SmolLM2: d = 576, V = 49,152; r ∈ {64, 512}; B ∈ {256, 2,048}
 //!
@@ -25,69 +27,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::Param;
-use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pema_adapter::{
-    AdamOptimizer, AdapterConfig, CePath, FusedHead, HeadCeConfig, HeadKernel, HeadPrecision,
-    PemaAdapter, Phase, PhasePlan, TorchAdam, train_step,
-};
-use pema_backbone::LmHead;
+use pema_adapter::{CePath, HeadCeConfig, HeadKernel, HeadPrecision};
+use pema_pipeline::step_bench::{PhaseTwoStep, STEP_SHAPES, StepShape};
 
-type B = Flex;
-type AD = Autodiff<B>;
-
-struct Shape {
-    name: &'static str,
-    batch: usize,
-    d: usize,
-    rank: usize,
-    vocab: usize,
-}
-
-const fn shape(name: &'static str, batch: usize, d: usize, rank: usize, vocab: usize) -> Shape {
-    Shape {
-        name,
-        batch,
-        d,
-        rank,
-        vocab,
-    }
-}
-
-const SHAPES: [Shape; 8] = [
-    shape("smollm2-r64-b256", 256, 576, 64, 49_152),
-    shape("smollm2-r512-b256", 256, 576, 512, 49_152),
-    shape("smollm2-r64-b2048", 2048, 576, 64, 49_152),
-    shape("smollm2-r512-b2048", 2048, 576, 512, 49_152),
-    shape("gemma-r64-b256", 256, 640, 64, 262_144),
-    shape("gemma-r512-b256", 256, 640, 512, 262_144),
-    shape("gemma-r64-b2048", 2048, 640, 64, 262_144),
-    shape("gemma-r512-b2048", 2048, 640, 512, 262_144),
-];
-
-const VARIANTS: [&str; 6] = ["cpu", "cpu-dense", "tensor", "f16", "cpu-f16", "filter"];
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-struct Setup {
-    head: FusedHead<AD>,
-    adapter: PemaAdapter<B>,
-    adam: AdamOptimizer<PemaAdapter<AD>, AD>,
-    keys: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-}
+type AD = Autodiff<Flex>;
 
 fn head_config(variant: &str) -> HeadCeConfig {
     let cpu = HeadCeConfig {
@@ -118,62 +62,12 @@ fn head_config(variant: &str) -> HeadCeConfig {
     }
 }
 
-fn setup(s: &Shape, variant: &str) -> Setup {
-    let dev = Default::default();
-    let w: Vec<f32> = values(s.vocab * s.d, 1).iter().map(|x| 0.05 * x).collect();
-    let head =
-        LmHead::<B>::from_host(vec![1.0; s.d], 1e-6, w, s.vocab, "bench", &dev).expect("head");
-    let head = FusedHead::from_head(head, head_config(variant)).expect("fused head");
-    let cfg = AdapterConfig {
-        d: s.d,
-        vocab: s.vocab,
-        rank: s.rank,
-        dropout: 0.2,
-        kappa: 0.2,
-        form: Default::default(),
-    };
-    let mut adapter = PemaAdapter::<B>::new(cfg, 0, &dev).expect("adapter");
-    adapter.b_rct = Param::from_tensor(Tensor::from_data(
-        TensorData::new(values(s.rank * s.d, 2), [s.rank, s.d]),
-        &dev,
-    ));
-    let adam = TorchAdam {
-        beta1: 0.9,
-        beta2: 0.999,
-        epsilon: 1e-8,
-    }
-    .into();
-    let keys = Tensor::from_data(
-        TensorData::new(values(s.batch * s.d, 3), [s.batch, s.d]),
-        &dev,
-    );
-    let ids: Vec<i64> = (0..s.batch)
-        .map(|i| ((i * 7919) % s.vocab) as i64)
-        .collect();
-    let targets = Tensor::from_data(TensorData::new(ids, [s.batch]), &dev);
-    Setup {
-        head: head.lift::<AD>(),
-        adapter,
-        adam,
-        keys,
-        targets,
-    }
+fn setup(s: &StepShape, variant: &str) -> PhaseTwoStep<AD> {
+    PhaseTwoStep::new(*s, head_config(variant), &Default::default()).expect("step state")
 }
 
-fn step(st: &mut Setup) -> f32 {
-    let out = train_step::<AD>(
-        &st.adapter,
-        &mut st.adam,
-        1e-3,
-        &st.head,
-        st.keys.clone(),
-        st.targets.clone(),
-        Phase::Prediction,
-        PhasePlan::TwoPhase,
-    )
-    .expect("step");
-    st.adapter = out.adapter;
-    out.loss.into_scalar()
+fn step(st: &mut PhaseTwoStep<AD>) -> f32 {
+    st.step().expect("step")
 }
 
 /// VmHWM (peak resident set) of this process in KiB, from /proc/self/status.
@@ -191,8 +85,10 @@ fn filter_env<T>(items: impl Iterator<Item = T>, var: &str, name: impl Fn(&T) ->
 }
 
 /// (shape, variant) pairs to run: every shape with `auto`, the Gemma shapes with the others.
-fn selected() -> Vec<(&'static Shape, &'static str)> {
-    let shapes = filter_env(SHAPES.iter(), "PEMA_BENCH_SHAPES", |s| s.name);
+fn selected() -> Vec<(&'static StepShape, &'static str)> {
+    // The CPU grid: every named shape but the paper's GPU one.
+    let grid = STEP_SHAPES.iter().filter(|s| s.name != "paper");
+    let shapes = filter_env(grid, "PEMA_BENCH_SHAPES", |s| s.name);
     let variants = filter_env(VARIANTS.iter().copied(), "PEMA_BENCH_VARIANTS", |v| v);
     let mut out = Vec::new();
     for s in shapes {

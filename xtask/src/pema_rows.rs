@@ -33,23 +33,28 @@ fn tune(run: &Run, task: &Task, name: &str, adapter: &str) -> Result<(f64, Optio
         &format!("tune-lambda-{name}"),
         &format!("{name}: choose λmax on dev"),
         || {
-            run.pema(&[
-                "tune-lambda",
-                "--adapter",
-                adapter,
-                "--head",
-                &run.head,
-                "--dev-memory",
-                &task.p("memory/dev"),
-                "--out",
-                &out,
-                "--lambda",
-                LAMBDA_GRID,
-                "--max-dev",
-                &max_dev,
-                "--device",
-                &run.opts.device,
-            ])
+            run.pema(
+                &[
+                    "tune-lambda",
+                    "--adapter",
+                    adapter,
+                    "--head",
+                    &run.head,
+                    "--dev-memory",
+                    &task.p("memory/dev"),
+                    "--out",
+                    &out,
+                    "--lambda",
+                    LAMBDA_GRID,
+                    "--max-dev",
+                    &max_dev,
+                    "--device",
+                    &run.opts.device,
+                ]
+                .into_iter()
+                .chain(run.head_precision_args(false))
+                .collect::<Vec<_>>(),
+            )
         },
     )?;
     let report = read_json(Path::new(&out));
@@ -85,6 +90,7 @@ fn decode_pema(
     let ls = lambda.to_string();
     let trace_path = task.p(&format!("hyp/{name}.trace.jsonl"));
     let mut args: Vec<&str> = pema_args(adapter, &ls, schedule, length).to_vec();
+    args.extend(run.head_precision_args(true));
     if trace {
         args.extend_from_slice(&["--trace", &trace_path]);
     }

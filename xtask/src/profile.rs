@@ -55,6 +55,11 @@ pub struct Profile {
     pub max_steps1: Option<u64>,
     /// Validation and λ tuning read at most this many dev-memory entries (evenly spaced).
     pub dev_max: usize,
+    /// Precision of PEMA's head products (`pema --head-precision`) in training, λ tuning and
+    /// the PEMA rows' decoding: `bf16` (f32 accumulation; on the CPU the host kernel's AVX-512
+    /// BF16 products, ~1.9× faster per phase-2 step than f32) or `f32`. The PLM's own head and
+    /// the baselines stay f32.
+    pub head_precision: &'static str,
 }
 
 /// `quick`: CPU, real model and data, small subsets and 60 phase-2 steps; the ablations, the κ
@@ -86,6 +91,7 @@ pub const QUICK: Profile = Profile {
     residual: true,
     max_steps1: Some(50),
     dev_max: 2_000,
+    head_precision: "bf16",
 };
 
 /// `standard` (the default): sized for 2 CPU cores. WMT22: memory from the first 4,000 training
@@ -126,6 +132,7 @@ pub const STANDARD: Profile = Profile {
     residual: true,
     max_steps1: Some(200),
     dev_max: 4_096,
+    head_precision: "bf16",
 };
 
 /// `full`: all data, the paper's rank and batch sizes (a GPU machine via `--device`).
@@ -155,4 +162,6 @@ pub const FULL: Profile = Profile {
     residual: true,
     max_steps1: None,
     dev_max: usize::MAX,
+    // fp32 by default on the GPU, as the paper (bf16 is an option of `pema`).
+    head_precision: "f32",
 };

@@ -30,7 +30,9 @@ pub(crate) fn report(summary: &Value) -> String {
          keys are an ablation row), phase batches {}/{}, ≤ {} epochs, step caps {}/{} (phase 1/2), \
          validation every {} steps on {} dev entries (early stopping: the paper's rule, best weights \
          kept); phase 1 is trained once per memory and shared by the adapters that read the \
-         same keys (their \"train s\" counts phase 2 only). Memories: teacher-forced with the task's 3-shot prompt. Decoding: greedy, f32 \
+         same keys (their \"train s\" counts phase 2 only); PEMA's head products (training, λ \
+         tuning, the PEMA rows' P_PEMA) in {} (f32 accumulation; the PLM and the baselines in f32). \
+         Memories: teacher-forced with the task's 3-shot prompt. Decoding: greedy, f32 \
          weights (as the memories), stop at the newline. Wall time of this invocation {:.0} s \
          ({} stage(s) side by side); the stages' own times add up to {:.0} s (cached stages \
          included).\n",
@@ -43,6 +45,7 @@ pub(crate) fn report(summary: &Value) -> String {
         summary["adapter"]["max_steps2"],
         summary["adapter"]["validate_every"],
         summary["adapter"]["dev_max"],
+        summary["pema_head_precision"].as_str().unwrap_or("f32"),
         summary["wall_seconds_this_invocation"]
             .as_f64()
             .unwrap_or(0.0),

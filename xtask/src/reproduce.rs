@@ -35,18 +35,14 @@ pub use crate::profile::{FULL, QUICK, STANDARD};
 pub use crate::run::Options;
 use crate::run::{Job, Row, Run, SPLIT_SEED, Task, pema_args, read_json, take_lines};
 
-/// Runs the whole pipeline.
-pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
-    let started = Instant::now();
-    let out = opts.out.clone();
-    fs::create_dir_all(&out)?;
-    crate::assets::fetch_assets(&root.join("assets"))?;
+/// Builds the release `pema` binary with the device's feature; returns its path.
+fn build_pema(root: &Path, device: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
     build
         .args(["build", "--release", "-p", "pema-cli"])
         .current_dir(root);
-    match opts.device.as_str() {
+    match device {
         "cuda" => {
             build.args(["--features", "cuda"]);
         }
@@ -59,14 +55,53 @@ pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
     if !build.status().context("running cargo build")?.success() {
         bail!("building pema failed");
     }
+    // Where `cargo build` put the binary (it follows CARGO_TARGET_DIR).
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |d| root.join(d))
+        .join("release/pema"))
+}
+
+/// A prebuilt `pema` (`--pema-bin`): it must exist, and so must the assets the profile reads.
+fn prebuilt(root: &Path, bin: &Path) -> Result<PathBuf> {
+    let bin = if bin.is_absolute() {
+        bin.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(bin)
+    };
+    if !bin.is_file() {
+        bail!("--pema-bin {}: no such file", bin.display());
+    }
+    let model = root.join("assets/gemma-3-270m");
+    for f in ["model.gguf", "tokenizer.json"] {
+        if !model.join(f).is_file() {
+            bail!(
+                "{} is missing: with --pema-bin the assets are not fetched (copy assets/ from a \
+                 machine that ran `cargo xtask fetch-assets`)",
+                model.join(f).display()
+            );
+        }
+    }
+    eprintln!("== using the prebuilt pema binary {}", bin.display());
+    Ok(bin)
+}
+
+/// Runs the whole pipeline.
+pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
+    let started = Instant::now();
+    let out = opts.out.clone();
+    fs::create_dir_all(&out)?;
+    let pema = match &opts.pema_bin {
+        Some(bin) => prebuilt(root, bin)?,
+        None => {
+            crate::assets::fetch_assets(&root.join("assets"))?;
+            build_pema(root, &opts.device)?
+        }
+    };
     let model = root.join("assets/gemma-3-270m");
     let run = Run {
         failed: Default::default(),
         root: root.to_path_buf(),
-        // Where `cargo build` above put the binary (it follows CARGO_TARGET_DIR).
-        pema: std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| root.join("target"), |d| root.join(d))
-            .join("release/pema"),
+        pema,
         model: model.to_string_lossy().into_owned(),
         head: out.join("head.safetensors").to_string_lossy().into_owned(),
         opts,
@@ -129,6 +164,7 @@ pub fn reproduce(root: &Path, opts: Options) -> Result<()> {
                     "validate_every": prof.validate_every,
                     "dev_max": (prof.dev_max != usize::MAX).then_some(prof.dev_max)},
         "memory": {"mode": "teacher-forced", "template": "fixtures/templates/<task>-3shot.txt"},
+        "pema_head_precision": prof.head_precision,
         "wall_seconds_this_invocation": started.elapsed().as_secs_f64(),
         "lanes": run.opts.lanes,
         "stage_seconds_total": stage_seconds(&out),

@@ -29,6 +29,9 @@ pub struct Options {
     /// Independent stages run side by side, at most this many at once (each `pema` process
     /// then gets `cores / lanes` threads).
     pub lanes: usize,
+    /// A `pema` binary built beforehand (e.g. with `--features cuda` on another machine):
+    /// neither cargo nor the asset fetchers are run; the assets must be in place.
+    pub pema_bin: Option<PathBuf>,
 }
 
 /// Default lanes: on the CPU one per core up to 2 (measured before the host element-wise
@@ -314,6 +317,7 @@ impl Run {
                     "--device",
                     &self.opts.device,
                 ];
+                args.extend_from_slice(&self.head_precision_args(false));
                 let cap = max_steps2.map(|s| s.to_string());
                 if let Some(cap) = &cap {
                     args.extend_from_slice(&["--max-steps2", cap]);
@@ -352,6 +356,22 @@ pub(crate) fn read_json(path: &Path) -> Option<Value> {
     fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+impl Run {
+    /// `--head-precision` (and, for decoding on the CPU, `--head-kernel cpu`: decoding's
+    /// default is the tensor kernel) for the profile's PEMA head; nothing for f32.
+    pub(crate) fn head_precision_args(&self, decoding: bool) -> Vec<&'static str> {
+        let p = self.opts.profile.head_precision;
+        if p == "f32" {
+            return Vec::new();
+        }
+        let mut a = vec!["--head-precision", p];
+        if decoding && self.opts.device == "cpu" {
+            a.extend(["--head-kernel", "cpu"]);
+        }
+        a
+    }
 }
 
 /// `pema decode` arguments of a PEMA row: adapter, λmax, schedule (`gu`/`constant`) and length

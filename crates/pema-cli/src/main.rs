@@ -2,6 +2,7 @@
 
 mod args;
 mod backend;
+mod bench_cmd;
 mod decode_cmd;
 mod head_args;
 mod knn_cmd;
@@ -58,6 +59,9 @@ enum Command {
     /// Serve the PLM to data owners (the PLM owner's side): `decode`, `memory build` and
     /// `export-head` then take `--plm URL` instead of `--model`.
     Serve(remote::ServeCmdArgs),
+    /// Time the phase-2 training step at named shapes on this device (synthetic data; the
+    /// shapes and JSON keys of `benches/pytorch_train_step.py`).
+    BenchStep(bench_cmd::BenchStepArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +160,10 @@ struct NllArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// With `--json`: also the K most likely next tokens and their log-probabilities at every
+    /// position (`"top": [[[id, log p], …], …]`), to compare devices token by token.
+    #[arg(long, requires = "json")]
+    top_k: Option<usize>,
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     device: DeviceArg,
@@ -191,6 +199,22 @@ struct ExportHeadArgs {
 
 fn load<B: Backend>(dir: &std::path::Path, device: &B::Device) -> Result<LoadedModel<B>> {
     load_model_dir::<B>(dir, device).with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// The `k` largest entries of `row` as `[id, value]`, largest first (ties by lower id).
+fn top_k(row: &[f32], k: usize) -> serde_json::Value {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    let k = k.min(row.len());
+    let by_value = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+    if k < idx.len() && k > 0 {
+        idx.select_nth_unstable_by(k - 1, by_value);
+    }
+    idx.truncate(k);
+    idx.sort_by(by_value);
+    idx.iter()
+        .map(|&i| serde_json::json!([i, row[i]]))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn unescape(s: &str) -> String {
@@ -261,7 +285,7 @@ impl BackendTask for &NllArgs {
         let ids = m.tokenizer.encode_prompt(&text)?;
         let (nll, n) = m.model.nll(&ids)?;
         if self.json {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "model": m.model.config.name,
                 "file": self.text_file,
                 "mean_nll": nll,
@@ -269,6 +293,16 @@ impl BackendTask for &NllArgs {
                 "perplexity": nll.exp(),
                 "bos": m.tokenizer.add_bos(),
             });
+            if let Some(k) = self.top_k {
+                let lp = m.model.log_probs_all(&ids)?;
+                let [_, vocab] = lp.dims();
+                let values = lp.into_data().convert::<f32>().into_vec::<f32>()?;
+                v["top"] = values
+                    .chunks(vocab.max(1))
+                    .map(|row| top_k(row, k))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
             println!("{v}");
         } else {
             println!(
@@ -421,5 +455,6 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Lora(a) => dispatch(a.device, a),
         Command::TuneLambda(a) => dispatch(a.device, a),
         Command::Serve(a) => dispatch(a.device, a),
+        Command::BenchStep(a) => dispatch(a.device, a),
     }
 }

@@ -246,6 +246,7 @@ pub fn files_of(command: &Command) -> Files {
                 .in_file("--tls-cert", &a.tls_cert)
                 .in_file("--tls-key", &a.tls_key);
         }
+        Command::BenchStep(_) => {}
     }
     f
 }

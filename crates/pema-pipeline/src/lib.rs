@@ -10,6 +10,7 @@
 //! - [`knn`]: the kNN-LM datastore (the training memory, standardised) and its parameters;
 //! - [`train`]: train an adapter on a memory through the frozen head, choose λmax on dev;
 //! - [`lora`]: the LoRA baseline;
+//! - [`step_bench`]: time the phase-2 training step at a named shape on any backend;
 //! - [`summary`]: the typed, serde-serialisable summaries the runs write and `xtask` reads.
 
 pub mod datasets;
@@ -19,6 +20,7 @@ pub mod knn;
 pub mod lora;
 pub mod pairs;
 pub mod serve;
+pub mod step_bench;
 pub mod summary;
 pub mod train;
 

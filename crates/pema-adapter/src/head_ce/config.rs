@@ -40,6 +40,22 @@ pub enum HeadPrecision {
     /// f16 storage (half the memory): the tensor kernel multiplies f16 operands, the CPU
     /// kernel converts W_hd to f32 block by block and multiplies in f32.
     F16,
+    /// bf16 products with f32 accumulation: the CPU kernel holds W_hd packed twice for
+    /// AVX-512 BF16 (V·d·4 bytes, as f32) and rounds X and G = softmax − onehot to bf16 for
+    /// its two products (twice f32's rate per instruction, half its memory traffic); the
+    /// tensor kernel multiplies bf16 operands on backends that hold bf16.
+    Bf16,
+}
+
+impl HeadPrecision {
+    /// The tensor element type of a reduced precision (None for f32).
+    pub fn reduced_dtype(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Self::F32 => None,
+            Self::F16 => Some(burn::tensor::FloatDType::F16),
+            Self::Bf16 => Some(burn::tensor::FloatDType::BF16),
+        }
+    }
 }
 
 /// Settings of the blockwise head.

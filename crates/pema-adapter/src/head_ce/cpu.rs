@@ -9,7 +9,8 @@
 //! G = softmax − onehot in place, and ∂X_c = G · W. W is `[V, k]` row-major: W_hd for the dense
 //! path (k = d), Mᵀ for the low-rank one (k = r).
 //!
-//! W_hd may be held in f16 ([`Weight::F16`]): every product then walks W in blocks of
+//! W_hd may be held in bf16 ([`Weight::Bf16`]): the two dense products then run on AVX-512
+//! BF16 ([`super::bf16`]). Or in f16 ([`Weight::F16`]): every product then walks W in blocks of
 //! [`F16_BLOCK_ROWS`] rows, each converted to f32 (F16C when the CPU has it) into a small
 //! reused buffer and multiplied in f32, so the arithmetic is the f32 kernel's on the f16-rounded
 //! weights. A chunk of c rows pays one conversion of W per product against 2·c multiply-adds
@@ -34,6 +35,9 @@ pub struct HostMat<'a> {
 pub enum Weight<'a> {
     /// f32 values (used in place).
     F32(HostMat<'a>),
+    /// bf16 values packed for AVX-512 BF16 products (see [`super::bf16`]); other products
+    /// widen blocks to f32.
+    Bf16(&'a super::bf16::PackedBf16),
     /// f16 values, converted block by block for each product.
     F16 {
         /// Values, `rows × cols`.
@@ -53,6 +57,7 @@ impl<'a> Weight<'a> {
     pub fn rows(&self) -> usize {
         match self {
             Self::F32(m) => m.rows,
+            Self::Bf16(p) => p.rows(),
             Self::F16 { rows, .. } => *rows,
         }
     }
@@ -61,6 +66,7 @@ impl<'a> Weight<'a> {
     pub fn cols(&self) -> usize {
         match self {
             Self::F32(m) => m.cols,
+            Self::Bf16(p) => p.cols(),
             Self::F16 { cols, .. } => *cols,
         }
     }
@@ -100,6 +106,27 @@ impl<'a> Weight<'a> {
                     start += len;
                 }
             }
+            Self::Bf16(p) => {
+                let (rows, cols) = (p.rows(), p.cols());
+                let bw = block_rows.clamp(1, rows.max(1));
+                let mut start = 0;
+                while start < rows {
+                    let len = bw.min(rows - start);
+                    if keep(start, len) {
+                        scratch.resize(len * cols, 0.0);
+                        p.widen_rows(start, len, scratch);
+                        f(
+                            start,
+                            HostMat {
+                                data: &scratch[..len * cols],
+                                rows: len,
+                                cols,
+                            },
+                        );
+                    }
+                    start += len;
+                }
+            }
             Self::F16 { data, rows, cols } => {
                 let bw = block_rows.clamp(1, rows.max(1));
                 let mut start = 0;
@@ -124,11 +151,12 @@ impl<'a> Weight<'a> {
         }
     }
 
-    /// The block size products use: all rows for f32, [`F16_BLOCK_ROWS`] for f16.
+    /// The block size products use: all rows for f32, [`F16_BLOCK_ROWS`] for f16 (and for
+    /// the bf16 weight's widened blocks).
     fn product_block(&self) -> usize {
         match self {
             Self::F32(m) => m.rows.max(1),
-            Self::F16 { .. } => F16_BLOCK_ROWS,
+            Self::F16 { .. } | Self::Bf16(_) => F16_BLOCK_ROWS,
         }
     }
 }
@@ -294,6 +322,9 @@ fn matmul_nt_strided(x: HostMat<'_>, w: HostMat<'_>, out: &mut [f32], out_rs: us
 /// Logits `x · Wᵀ` for x `[m, k]` and the head W `[V, k]` → `[m, V]` (W block by block when f16).
 pub fn logits(x: HostMat<'_>, w: Weight<'_>, out: &mut [f32]) {
     assert_eq!(x.cols, w.cols());
+    if let Weight::Bf16(p) = w {
+        return p.logits(x, out);
+    }
     let v = w.rows();
     let mut scratch = Vec::new();
     w.for_each_block(
@@ -337,6 +368,9 @@ fn accumulate_times_weight(
     filter: Option<BlockFilter<'_>>,
 ) {
     let k = w.cols();
+    if let (Weight::Bf16(p), None) = (w, filter) {
+        return p.times(g, g_rs, m, out);
+    }
     let block = filter.map_or(w.product_block(), |(bw, _)| bw.max(1));
     let mut scratch = Vec::new();
     let mut first = true;

@@ -39,6 +39,7 @@
 //! the result through [`crate::PemaAdapter::losses`], which injects these gradients with a
 //! surrogate term (value 0, gradient exact).
 
+pub mod bf16;
 mod config;
 pub mod cpu;
 mod tensor;
@@ -103,6 +104,7 @@ enum Storage<B: Backend> {
 enum HostWeight {
     F32(Arc<Vec<f32>>),
     F16(Arc<Vec<half::f16>>),
+    Bf16(Arc<bf16::PackedBf16>),
 }
 
 /// The low-rank matrix Mᵀ = W_hd · B_wᵀ (`[V, r]`) of an adapter, in the kernel's storage.
@@ -156,21 +158,24 @@ impl<B: Backend> FusedHead<B> {
             fingerprint,
         } = head;
         let device = weight.device();
-        if config.kernel == HeadKernel::Tensor && config.precision == HeadPrecision::F16 {
-            let usage = B::dtype_usage(&device, DType::F16);
+        if let (HeadKernel::Tensor, Some(low)) = (config.kernel, config.precision.reduced_dtype()) {
+            let usage = B::dtype_usage(&device, DType::from(low));
             if !(usage.contains(DTypeUsage::Storage) && usage.contains(DTypeUsage::Arithmetic)) {
-                return Err(AdapterError::Config(
-                    "this backend cannot hold the head in f16 (use f32)".into(),
-                ));
+                return Err(AdapterError::Config(format!(
+                    "this backend cannot hold the head in {low:?} (use f32, or the CPU kernel)"
+                )));
             }
         }
         let storage = match (config.kernel, config.precision) {
             (HeadKernel::Cpu, precision) => {
-                let vocab = weight.dims()[0];
+                let [vocab, d] = weight.dims();
                 let values = host_f32(weight)?;
                 let w = match precision {
                     HeadPrecision::F32 => HostWeight::F32(Arc::new(values)),
                     HeadPrecision::F16 => HostWeight::F16(Arc::new(cpu::narrow(&values))),
+                    HeadPrecision::Bf16 => {
+                        HostWeight::Bf16(Arc::new(bf16::PackedBf16::pack(&values, vocab, d)))
+                    }
                 };
                 Storage::Host { w, vocab }
             }
@@ -178,10 +183,12 @@ impl<B: Backend> FusedHead<B> {
                 weight,
                 precision: HeadPrecision::F32,
             }),
-            (HeadKernel::Tensor, HeadPrecision::F16) => Storage::Tensor(TensorWeight {
-                weight: weight.cast(FloatDType::F16),
-                precision: HeadPrecision::F16,
-            }),
+            (HeadKernel::Tensor, low @ (HeadPrecision::F16 | HeadPrecision::Bf16)) => {
+                Storage::Tensor(TensorWeight {
+                    weight: weight.cast(low.reduced_dtype().unwrap_or(FloatDType::F32)),
+                    precision: low,
+                })
+            }
         };
         Ok(Self {
             storage,
@@ -257,9 +264,16 @@ impl<B: Backend> FusedHead<B> {
 
     /// Bytes held by W_hd in its storage.
     pub fn weight_bytes(&self) -> usize {
+        if let Storage::Host {
+            w: HostWeight::Bf16(p),
+            ..
+        } = &self.storage
+        {
+            return p.bytes();
+        }
         let per = match self.config.precision {
             HeadPrecision::F32 => 4,
-            HeadPrecision::F16 => 2,
+            HeadPrecision::F16 | HeadPrecision::Bf16 => 2,
         };
         self.vocab_size() * self.hidden_size() * per
     }
@@ -317,6 +331,10 @@ impl<B: Backend> FusedHead<B> {
                 rows,
                 cols,
             }),
+            Storage::Host {
+                w: HostWeight::Bf16(p),
+                ..
+            } => Some(cpu::Weight::Bf16(p)),
             Storage::Tensor(_) => None,
         }
     }

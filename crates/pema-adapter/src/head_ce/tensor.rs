@@ -21,11 +21,11 @@ impl<B: Backend> TensorWeight<B> {
     /// `x · W_hdᵀ` for `x: [c, d]` → `[c, V]` in x's precision.
     pub(crate) fn times_weight_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let w = self.weight.clone().transpose();
-        match self.precision {
-            HeadPrecision::F32 => x.matmul(w),
-            HeadPrecision::F16 => {
+        match self.precision.reduced_dtype() {
+            None => x.matmul(w),
+            Some(low) => {
                 let dt = float_dtype(&x);
-                x.cast(FloatDType::F16).matmul(w).cast(dt)
+                x.cast(low).matmul(w).cast(dt)
             }
         }
     }
@@ -45,11 +45,11 @@ impl<B: Backend> TensorWeight<B> {
 
     /// `W_hd · x` for `x: [d, k]` → `[V, k]` in x's precision.
     pub(crate) fn weight_times(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self.precision {
-            HeadPrecision::F32 => self.weight.clone().matmul(x),
-            HeadPrecision::F16 => {
+        match self.precision.reduced_dtype() {
+            None => self.weight.clone().matmul(x),
+            Some(low) => {
                 let dt = float_dtype(&x);
-                self.weight.clone().matmul(x.cast(FloatDType::F16)).cast(dt)
+                self.weight.clone().matmul(x.cast(low)).cast(dt)
             }
         }
     }
@@ -66,11 +66,11 @@ impl<B: Backend> TensorWeight<B> {
         } else {
             self.weight.clone().narrow(0, start, len)
         };
-        match self.precision {
-            HeadPrecision::F32 => g.matmul(w),
-            HeadPrecision::F16 => {
+        match self.precision.reduced_dtype() {
+            None => g.matmul(w),
+            Some(low) => {
                 let dt = float_dtype(&g);
-                g.cast(FloatDType::F16).matmul(w).cast(dt)
+                g.cast(low).matmul(w).cast(dt)
             }
         }
     }
