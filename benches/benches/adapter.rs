@@ -10,7 +10,8 @@
 //! Variants: `cpu` (the host CPU kernel, exact, the path [`CePath::Auto`] picks: low-rank when
 //! cheaper; what `pema train` runs on `--device cpu`), `cpu-dense` (dense path forced),
 //! `tensor` (burn tensor operations, auto path), `f16` (tensor kernel, W_hd stored in f16),
-//! `cpu-f16` (CPU kernel, auto path, W_hd stored in f16 and converted block by block) and
+//! `cpu-f16` (CPU kernel, auto path, W_hd stored in f16 and converted block by block),
+//! `cpu-bf16` (CPU kernel, bf16 products on AVX-512 BF16, f32 accumulation) and
 //! `filter` (CPU kernel, dense, gradient filtering at ε = 2⁻¹², Cut Cross-Entropy's default);
 //! variants other than `cpu` run on the Gemma shapes only.
 //! `benches/pytorch_train_step.py --shapes issue10` runs PyTorch's dense step at the same shapes
@@ -33,6 +34,16 @@ use pema_pipeline::step_bench::{PhaseTwoStep, STEP_SHAPES, StepShape};
 
 type AD = Autodiff<Flex>;
 
+const VARIANTS: [&str; 7] = [
+    "cpu",
+    "cpu-dense",
+    "tensor",
+    "f16",
+    "cpu-f16",
+    "cpu-bf16",
+    "filter",
+];
+
 fn head_config(variant: &str) -> HeadCeConfig {
     let cpu = HeadCeConfig {
         kernel: HeadKernel::Cpu,
@@ -50,6 +61,10 @@ fn head_config(variant: &str) -> HeadCeConfig {
         },
         "cpu-f16" => HeadCeConfig {
             precision: HeadPrecision::F16,
+            ..cpu
+        },
+        "cpu-bf16" => HeadCeConfig {
+            precision: HeadPrecision::Bf16,
             ..cpu
         },
         // Cut Cross-Entropy's default threshold for its bf16 kernels is 2⁻¹².

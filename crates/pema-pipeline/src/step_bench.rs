@@ -265,9 +265,11 @@ mod tests {
     #[test]
     fn every_named_shape_is_found_and_unknown_names_are_an_error() {
         for s in STEP_SHAPES {
-            assert_eq!(StepShape::named(s.name).unwrap(), s);
+            assert_eq!(StepShape::named(s.name).expect("step"), s);
         }
-        let err = StepShape::named("gemma").unwrap_err().to_string();
+        let err = StepShape::named("gemma")
+            .expect_err("unknown shape")
+            .to_string();
         assert!(err.contains("unknown step shape `gemma`"), "{err}");
         assert!(err.contains("paper"), "{err}");
     }
@@ -282,15 +284,15 @@ mod tests {
             vocab: 32,
         };
         let dev = Default::default();
-        let t = time_phase_two_step::<AD>(tiny, HeadCeConfig::default(), 1, 3, &dev).unwrap();
+        let t = time_phase_two_step::<AD>(tiny, HeadCeConfig::default(), 1, 3, &dev).expect("step");
         assert_eq!((t.batch, t.d, t.rank, t.vocab, t.steps), (16, 8, 4, 32, 3));
         assert!(t.ms_per_step > 0.0 && t.tokens_per_s > 0.0);
         assert!(t.loss.is_finite());
-        let mut s = PhaseTwoStep::<AD>::new(tiny, HeadCeConfig::default(), &dev).unwrap();
-        let first = s.step().unwrap();
+        let mut s = PhaseTwoStep::<AD>::new(tiny, HeadCeConfig::default(), &dev).expect("step");
+        let first = s.step().expect("step");
         let mut last = first;
         for _ in 0..40 {
-            last = s.step().unwrap();
+            last = s.step().expect("step");
         }
         assert!(last < first, "loss {first} → {last}");
         assert!(

@@ -312,7 +312,7 @@ fn round_row_scalar(src: &[f32], dst: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 fn round_row_avx512(src: &[f32], dst: &mut [u32]) {
-    use std::arch::x86_64::{_mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512};
+    use std::arch::x86_64::{__m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512};
     let full = (src.len() / 32).min(dst.len() / 16);
     for b in 0..full {
         // SAFETY: b < full, so src[32b..32b+32] and dst[16b..16b+16] are in range (unaligned
@@ -321,7 +321,8 @@ fn round_row_avx512(src: &[f32], dst: &mut [u32]) {
             let lo = _mm512_loadu_ps(src.as_ptr().add(32 * b));
             let hi = _mm512_loadu_ps(src.as_ptr().add(32 * b + 16));
             let v = _mm512_cvtne2ps_pbh(hi, lo);
-            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * b).cast(), std::mem::transmute(v));
+            let bits: __m512i = std::mem::transmute(v);
+            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * b).cast(), bits);
         }
     }
     round_row_scalar(&src[(32 * full).min(src.len())..], &mut dst[16 * full..]);
