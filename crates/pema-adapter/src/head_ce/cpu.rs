@@ -106,48 +106,24 @@ impl<'a> Weight<'a> {
                     start += len;
                 }
             }
-            Self::Bf16(p) => {
-                let (rows, cols) = (p.rows(), p.cols());
-                let bw = block_rows.clamp(1, rows.max(1));
-                let mut start = 0;
-                while start < rows {
-                    let len = bw.min(rows - start);
-                    if keep(start, len) {
-                        scratch.resize(len * cols, 0.0);
-                        p.widen_rows(start, len, scratch);
-                        f(
-                            start,
-                            HostMat {
-                                data: &scratch[..len * cols],
-                                rows: len,
-                                cols,
-                            },
-                        );
-                    }
-                    start += len;
-                }
-            }
-            Self::F16 { data, rows, cols } => {
-                let bw = block_rows.clamp(1, rows.max(1));
-                let mut start = 0;
-                while start < rows {
-                    let len = bw.min(rows - start);
-                    if keep(start, len) {
-                        let src = &data[start * cols..(start + len) * cols];
-                        scratch.resize(len * cols, 0.0);
-                        widen(src, &mut scratch[..len * cols]);
-                        f(
-                            start,
-                            HostMat {
-                                data: &scratch[..len * cols],
-                                rows: len,
-                                cols,
-                            },
-                        );
-                    }
-                    start += len;
-                }
-            }
+            Self::Bf16(p) => widened_blocks(
+                p.rows(),
+                p.cols(),
+                block_rows,
+                scratch,
+                keep,
+                f,
+                |start, len, dst| p.widen_rows(start, len, dst),
+            ),
+            Self::F16 { data, rows, cols } => widened_blocks(
+                rows,
+                cols,
+                block_rows,
+                scratch,
+                keep,
+                f,
+                |start, len, dst| widen(&data[start * cols..(start + len) * cols], dst),
+            ),
         }
     }
 
@@ -158,6 +134,39 @@ impl<'a> Weight<'a> {
             Self::F32(m) => m.rows.max(1),
             Self::F16 { .. } | Self::Bf16(_) => F16_BLOCK_ROWS,
         }
+    }
+}
+
+/// Calls `f` on consecutive blocks of at most `block_rows` rows of a `[rows, cols]` weight
+/// held in a reduced precision, each widened to f32 into `scratch` by `widen(first, len,
+/// dst)`; blocks that `keep` rejects are neither widened nor passed on.
+#[allow(clippy::too_many_arguments)]
+fn widened_blocks(
+    rows: usize,
+    cols: usize,
+    block_rows: usize,
+    scratch: &mut Vec<f32>,
+    mut keep: impl FnMut(usize, usize) -> bool,
+    mut f: impl FnMut(usize, HostMat<'_>),
+    widen: impl Fn(usize, usize, &mut [f32]),
+) {
+    let bw = block_rows.clamp(1, rows.max(1));
+    let mut start = 0;
+    while start < rows {
+        let len = bw.min(rows - start);
+        if keep(start, len) {
+            scratch.resize(len * cols, 0.0);
+            widen(start, len, &mut scratch[..len * cols]);
+            f(
+                start,
+                HostMat {
+                    data: &scratch[..len * cols],
+                    rows: len,
+                    cols,
+                },
+            );
+        }
+        start += len;
     }
 }
 
