@@ -17,17 +17,33 @@ use crate::run::{Job, Row, Run, Task, kappa_name, pema_args, read_json};
 /// Candidate λmax values of `tune-lambda` (λ = 1 is P_PEMA alone).
 const LAMBDA_GRID: &str = "0,0.02,0.05,0.1,0.2,0.3,0.5,0.7,0.9,1";
 
+/// How the dev NLL scored λmax for the GU rows: each dev entry at its own λ_k.
+const GU_SCORED: &str = "scored under GU";
+/// How the dev NLL scored λ for the constant rows.
+const CONSTANT_SCORED: &str = "scored at constant λ";
+
 /// What the sweep and the plots need from the PEMA rows.
 pub(crate) struct PemaOutcome {
     /// The paper-exact adapter directory.
     pub main: String,
 }
 
-/// Chooses λmax for `adapter` on the task's dev memory (mixture NLL, no decoding); returns
-/// (λmax, the tuning report).
-fn tune(run: &Run, task: &Task, name: &str, adapter: &str) -> Result<(f64, Option<Value>)> {
+/// λmax chosen on dev for each schedule, and the tuning report.
+struct Tuned {
+    /// Best constant λ (dev NLL with every entry at λ).
+    constant: f64,
+    /// Best λmax of Gradual Unrolling (dev NLL with each entry at its own λ_k).
+    gu: f64,
+    report: Option<Value>,
+}
+
+/// Chooses λmax for `adapter` on the task's dev memory (mixture NLL, no decoding), for the
+/// constant schedule and for Gradual Unrolling.
+fn tune(run: &Run, task: &Task, name: &str, adapter: &str) -> Result<Tuned> {
     let out = task.p(&format!("adapters/{name}/lambda.json"));
     let max_dev = run.opts.profile.dev_max.to_string();
+    let tokenizer = Path::new(&run.model).join("tokenizer.json");
+    let tokenizer = tokenizer.to_string_lossy();
     run.stage(
         task,
         &format!("tune-lambda-{name}"),
@@ -42,6 +58,10 @@ fn tune(run: &Run, task: &Task, name: &str, adapter: &str) -> Result<(f64, Optio
                     &run.head,
                     "--dev-memory",
                     &task.p("memory/dev"),
+                    "--dev-pairs",
+                    &task.p("data/dev.jsonl"),
+                    "--tokenizer",
+                    &tokenizer,
                     "--out",
                     &out,
                     "--lambda",
@@ -58,11 +78,20 @@ fn tune(run: &Run, task: &Task, name: &str, adapter: &str) -> Result<(f64, Optio
         },
     )?;
     let report = read_json(Path::new(&out));
-    let lambda = report
+    let best = |v: &Value| v["best"]["lambda"].as_f64();
+    let constant = report
         .as_ref()
-        .and_then(|v| v["best"]["lambda"].as_f64())
+        .and_then(best)
         .context("tune-lambda wrote no best λ")?;
-    Ok((lambda, report))
+    let gu = report
+        .as_ref()
+        .and_then(|v| best(&v["gu"]))
+        .context("tune-lambda wrote no best λmax under GU")?;
+    Ok(Tuned {
+        constant,
+        gu,
+        report,
+    })
 }
 
 /// Decodes a PEMA row, or copies the 3-shot PLM's hypotheses when λmax = 0 (identical output).
@@ -111,11 +140,11 @@ fn train_summary(dir: &str) -> Option<Value> {
     read_json(&Path::new(dir).join("train_summary.json"))
 }
 
-fn lambda_label(lambda: f64) -> String {
+fn lambda_label(lambda: f64, schedule: &str) -> String {
     if lambda == 0.0 {
-        "λmax = 0 chosen on dev: identical to the PLM".into()
+        format!("λmax = 0 chosen on dev ({schedule}): identical to the PLM")
     } else {
-        format!("λmax = {lambda} chosen on dev")
+        format!("λmax = {lambda} chosen on dev ({schedule})")
     }
 }
 
@@ -305,8 +334,8 @@ pub(crate) fn pema_rows<'a>(
 
     // Paper-exact adapter (with pema's key standardisation; raw keys are an ablation row).
     let main = task.p("adapters/pema");
-    let (tuned, report) = tune(run, task, "pema", &main)?;
-    let tuning = report.map(|v| json!({"lambda_tuning": v}));
+    let tuned = tune(run, task, "pema", &main)?;
+    let tuning = tuned.report.map(|v| json!({"lambda_tuning": v}));
     add(
         rows,
         pd("pema-gu", &main, paper, "gu", "ratio", true),
@@ -323,8 +352,8 @@ pub(crate) fn pema_rows<'a>(
     );
     add(
         rows,
-        pd("pema-gu-tuned", &main, tuned, "gu", "ratio", false),
-        format!("PEMA (paper), GU, {}", lambda_label(tuned)),
+        pd("pema-gu-tuned", &main, tuned.gu, "gu", "ratio", false),
+        format!("PEMA (paper), GU, {}", lambda_label(tuned.gu, GU_SCORED)),
         "pema",
         tuning,
     );
@@ -333,12 +362,15 @@ pub(crate) fn pema_rows<'a>(
         pd(
             "pema-constant-tuned",
             &main,
-            tuned,
+            tuned.constant,
             "constant",
             "ratio",
             false,
         ),
-        format!("PEMA (paper), constant λ, {}", lambda_label(tuned)),
+        format!(
+            "PEMA (paper), constant λ, {}",
+            lambda_label(tuned.constant, CONSTANT_SCORED)
+        ),
         "pema",
         None,
     );
@@ -357,18 +389,18 @@ pub(crate) fn pema_rows<'a>(
     // pema's extension: h_pd = f(c) + σ ⊙ B_pd·z (P_PEMA starts as P_LM).
     if let Some(res) = adapters.iter().find(|a| a.name == "pema-residual") {
         let dir = res.dir(task);
-        let (l, report) = tune(run, task, "pema-residual", &dir)?;
-        let tuning = report.map(|v| json!({"lambda_tuning": v}));
+        let tuned = tune(run, task, "pema-residual", &dir)?;
+        let tuning = tuned.report.map(|v| json!({"lambda_tuning": v}));
         let summary = train_summary(&dir).map(|mut s| {
             s["lambda_tuning"] = tuning.clone().unwrap_or(Value::Null);
             s
         });
         add(
             rows,
-            pd("residual-gu-tuned", &dir, l, "gu", "ratio", true),
+            pd("residual-gu-tuned", &dir, tuned.gu, "gu", "ratio", true),
             format!(
                 "pema extension: residual h_pd = f + σ⊙B_pd·z, GU, {}",
-                lambda_label(l)
+                lambda_label(tuned.gu, GU_SCORED)
             ),
             "extension",
             summary,
@@ -378,14 +410,14 @@ pub(crate) fn pema_rows<'a>(
             pd(
                 "residual-constant-tuned",
                 &dir,
-                l,
+                tuned.constant,
                 "constant",
                 "ratio",
                 false,
             ),
             format!(
                 "pema extension: residual h_pd, constant λ, {}",
-                lambda_label(l)
+                lambda_label(tuned.constant, CONSTANT_SCORED)
             ),
             "extension",
             None,

@@ -32,6 +32,9 @@ pub(crate) fn report(summary: &Value) -> String {
          kept); phase 1 is trained once per memory and shared by the adapters that read the \
          same keys (their \"train s\" counts phase 2 only); PEMA's head products (training, λ \
          tuning, the PEMA rows' P_PEMA) in {} (f32 accumulation; the PLM and the baselines in f32). \
+         λ chosen on dev (mixture NLL of the dev memory's gold tokens, before any test decoding): \
+         the constant rows score each λ with every dev token at λ, the GU rows score each λmax \
+         with every dev token at its own λ_k (step k, leak-free horizon L of its sentence). \
          Memories: teacher-forced with the task's 3-shot prompt. Decoding: greedy, f32 \
          weights (as the memories), stop at the newline. Wall time of this invocation {:.0} s \
          ({} stage(s) side by side); the stages' own times add up to {:.0} s (cached stages \

@@ -223,6 +223,14 @@ pub struct TuneLambdaArgs {
     /// At most this many dev entries (evenly spaced).
     #[arg(long, default_value_t = 4000, value_parser = crate::values::count)]
     pub max_dev: usize,
+    /// The pairs file the dev memory was built from: with `--tokenizer`, every λ is also
+    /// scored as λmax of Gradual Unrolling (each dev entry at its own λ_k, L from the source
+    /// length × the adapter's length ratio, as leak-free decoding does), written under `gu`.
+    #[arg(long, requires = "tokenizer")]
+    pub dev_pairs: Option<PathBuf>,
+    /// The PLM's `tokenizer.json` (counts the dev sources for `--dev-pairs`).
+    #[arg(long, requires = "dev_pairs")]
+    pub tokenizer: Option<PathBuf>,
     /// Device.
     #[arg(long, value_enum, default_value_t)]
     pub device: crate::backend::DeviceArg,
@@ -237,12 +245,27 @@ pub fn tune_lambda<B: burn::tensor::backend::Backend>(
 ) -> anyhow::Result<()> {
     let on_cpu = args.device == crate::backend::DeviceArg::Cpu;
     let head = args.head_opts.load::<B>(&args.head, device, on_cpu)?;
+    let gu_inputs = match (&args.dev_pairs, &args.tokenizer) {
+        (Some(pairs), Some(tok)) => Some((
+            pema_pipeline::pairs::PairsFile::read(pairs)?,
+            pema_backbone::PemaTokenizer::from_file(tok, false, None, vec![])
+                .with_context(|| format!("loading the tokenizer {}", tok.display()))?,
+        )),
+        _ => None,
+    };
+    let gu = gu_inputs
+        .as_ref()
+        .map(|(pairs, tokenizer)| pema_pipeline::train::GuDev {
+            pairs: &pairs.pairs,
+            tokenizer,
+        });
     let r = pema_pipeline::train::tune_lambda(
         &head,
         &args.adapter,
         &args.dev_memory,
         &args.lambda,
         args.max_dev,
+        gu,
         device,
     )
     .with_context(|| format!("choosing λmax for {}", args.adapter.display()))?;
@@ -259,5 +282,11 @@ pub fn tune_lambda<B: burn::tensor::backend::Backend>(
         100.0 * r.pema_top1,
         100.0 * r.plm_top1
     );
+    if let Some(gu) = &r.gu {
+        eprintln!(
+            "λmax under Gradual Unrolling: best {} (NLL {:.4})",
+            gu.best.lambda, gu.best.nll
+        );
+    }
     Ok(())
 }

@@ -6,10 +6,13 @@ use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use pema_adapter::{FusedHead, PemaAdapter, PhasePlan, TrainConfig};
+use pema_backbone::PemaTokenizer;
 use pema_memory::{MemorySource, MemoryStore};
-use pema_schedule::LambdaTuneReport;
+use pema_schedule::{GuPosition, HorizonMode, LambdaTuneReport, MaxLenMode, plan_lengths};
 
-use crate::error::Result;
+use crate::decode::DEFAULT_LENGTH_RATIO;
+use crate::error::{PipelineError, Result};
+use crate::pairs::Pair;
 use crate::summary::{TrainSummary, write_json_pretty};
 
 pub use pema_adapter::PHASE1_STATE;
@@ -108,19 +111,76 @@ pub fn train_adapter<B: AutodiffBackend>(
     Ok(summary)
 }
 
+/// What scoring λmax under Gradual Unrolling needs: the pairs the dev memory was built from
+/// (in the same order) and the tokenizer whose source lengths give the leak-free horizons.
+#[derive(Clone, Copy)]
+pub struct GuDev<'a> {
+    /// The dev pairs (entry provenance indexes them).
+    pub pairs: &'a [Pair],
+    /// The PLM's tokenizer (sources are counted as the decoder counts them).
+    pub tokenizer: &'a PemaTokenizer,
+}
+
+/// Each dev entry's step k and horizon L = ⌈source tokens × `ratio`⌉, exactly as leak-free
+/// decoding computes them.
+pub fn dev_positions(dev: &MemoryStore, gu: GuDev<'_>, ratio: f64) -> Result<Vec<GuPosition>> {
+    let source_lens = gu
+        .pairs
+        .iter()
+        .map(|p| gu.tokenizer.encode_continuation(&p.source).map(|v| v.len()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let plan = plan_lengths(
+        HorizonMode::Ratio { ratio },
+        MaxLenMode::from_ratio(ratio),
+        &source_lens,
+        None,
+    )?;
+    (0..dev.len() as u64)
+        .map(|i| {
+            let p = dev.provenance(i)?;
+            let horizon = *plan.horizons.get(p.pair as usize).ok_or_else(|| {
+                PipelineError::Invalid(format!(
+                    "dev memory entry {i} comes from pair {} but the dev pairs file has {} \
+                     pairs: give the pairs the dev memory was built from",
+                    p.pair,
+                    gu.pairs.len()
+                ))
+            })?;
+            Ok(GuPosition {
+                step: p.step as usize,
+                horizon,
+            })
+        })
+        .collect()
+}
+
 /// Chooses λmax for the adapter in `adapter_dir` by the dev NLL of the mixture over at most
-/// `max_dev` entries of `dev_memory` (no decoding).
+/// `max_dev` entries of `dev_memory` (no decoding): at a constant λ, and also under Gradual
+/// Unrolling when `gu` is given (horizons from the adapter's recorded length ratio).
 pub fn tune_lambda<B: Backend>(
     head: &FusedHead<B>,
     adapter_dir: &Path,
     dev_memory: &Path,
     grid: &[f64],
     max_dev: usize,
+    gu: Option<GuDev<'_>>,
     device: &B::Device,
 ) -> Result<LambdaTuneReport> {
-    let (adapter, _) = PemaAdapter::<B>::load(adapter_dir, head, device)?;
+    let (adapter, meta) = PemaAdapter::<B>::load(adapter_dir, head, device)?;
     let dev = MemoryStore::open(dev_memory)?;
+    let positions = match gu {
+        Some(gu) => {
+            let ratio = meta.length_ratio.unwrap_or(DEFAULT_LENGTH_RATIO);
+            Some(dev_positions(&dev, gu, ratio)?)
+        }
+        None => None,
+    };
     Ok(pema_schedule::tune_lambda(
-        &adapter, head, &dev, grid, max_dev,
+        &adapter,
+        head,
+        &dev,
+        grid,
+        max_dev,
+        positions.as_deref(),
     )?)
 }

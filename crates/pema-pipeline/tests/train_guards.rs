@@ -55,3 +55,36 @@ fn training_refuses_a_memory_that_fails_verify() {
     );
     assert!(e.to_string().contains("shard-000000.keys"), "{e}");
 }
+
+#[test]
+fn gu_positions_come_from_provenance_and_refuse_the_wrong_pairs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_memory(dir.path());
+    let dev = pema_pipeline::train::open_memory(dir.path(), "λ tuning").expect("memory");
+    let words: Vec<String> = ["<unk>", "a", "b", "c"].map(String::from).to_vec();
+    let json = pema_backbone::testing::word_level_tokenizer_json(&words);
+    let tokenizer =
+        pema_backbone::PemaTokenizer::from_json(&json, false, None, vec![]).expect("tok");
+    let pair = |source: &str| pema_pipeline::pairs::Pair {
+        source: source.into(),
+        target: "c".into(),
+        line: 1,
+    };
+    // Entries (pair, step): (0, 0), (0, 1), (1, 0); sources of 3 and 1 tokens, ratio 1.5.
+    let pairs = [pair("a b c"), pair("a")];
+    let gu = pema_pipeline::train::GuDev {
+        pairs: &pairs,
+        tokenizer: &tokenizer,
+    };
+    let pos = pema_pipeline::train::dev_positions(&dev, gu, 1.5).expect("positions");
+    let got: Vec<(usize, f64)> = pos.iter().map(|p| (p.step, p.horizon)).collect();
+    assert_eq!(got, [(0, 5.0), (1, 5.0), (0, 2.0)]);
+    // A pairs file shorter than the memory's provenance is another file: a typed error.
+    let gu = pema_pipeline::train::GuDev {
+        pairs: &pairs[..1],
+        tokenizer: &tokenizer,
+    };
+    let e = pema_pipeline::train::dev_positions(&dev, gu, 1.5).expect_err("wrong pairs");
+    assert!(matches!(e, PipelineError::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("pair 1"), "{e}");
+}

@@ -29,4 +29,4 @@ pub use length::{
 pub use mix::{mix_log_probs, mix_logits};
 pub use policy::{PemaPolicy, StepTrace, Winner, write_traces_jsonl};
 pub use schedule::{Schedule, ScheduleKind};
-pub use tune::{LambdaPoint, LambdaTuneReport, tune_lambda};
+pub use tune::{GuPosition, GuTune, LambdaPoint, LambdaTuneReport, tune_lambda};
