@@ -390,9 +390,8 @@ pub(crate) fn pema_rows<'a>(
     if let Some(res) = adapters.iter().find(|a| a.name == "pema-residual") {
         let dir = res.dir(task);
         let tuned = tune(run, task, "pema-residual", &dir)?;
-        let tuning = tuned.report.map(|v| json!({"lambda_tuning": v}));
         let summary = train_summary(&dir).map(|mut s| {
-            s["lambda_tuning"] = tuning.clone().unwrap_or(Value::Null);
+            s["lambda_tuning"] = tuned.report.clone().unwrap_or(Value::Null);
             s
         });
         add(

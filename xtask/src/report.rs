@@ -106,6 +106,7 @@ pub(crate) fn report(summary: &Value) -> String {
             );
         }
         let _ = writeln!(r);
+        lambda_choices(&mut r, t);
         let _ = writeln!(
             r,
             "The paper's claims on this task (p < 0.05 on BLEU and chrF2 for \"beats\"):\n\n{}",
@@ -151,4 +152,53 @@ pub(crate) fn report(summary: &Value) -> String {
          Peak RSS is the whole training process (PEMA: head + memory; LoRA: the whole model)."
     );
     r
+}
+
+/// The λ each tuned row decodes with, as chosen on the dev memory (no test decoding): the best
+/// constant λ and the best λmax under Gradual Unrolling, with their dev NLL.
+fn lambda_choices(r: &mut String, task: &Value) {
+    let tunings: Vec<(&str, &Value)> = task["methods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let who = match m["method"].as_str()? {
+                "pema-gu-tuned" => "PEMA (paper)",
+                "residual-gu-tuned" => "pema extension (residual h_pd)",
+                _ => return None,
+            };
+            Some((who, &m["train"]["lambda_tuning"])).filter(|(_, v)| v.is_object())
+        })
+        .collect();
+    let Some((_, first)) = tunings.first() else {
+        return;
+    };
+    let plm = first["grid"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["lambda"].as_f64() == Some(0.0))
+        .and_then(|p| p["nll"].as_f64());
+    let _ = writeln!(
+        r,
+        "λ chosen on the dev memory ({} dev tokens; NLL in nats/token, the PLM alone {}):\n\n\
+         | adapter | constant λ (NLL) | GU λmax (NLL under GU) | top-1 P_PEMA / P_LM |\n|---|---|---|---|",
+        first["dev_entries"],
+        plm.map_or("–".into(), |v| format!("{v:.4}")),
+    );
+    let point = |p: &Value| match (p["lambda"].as_f64(), p["nll"].as_f64()) {
+        (Some(l), Some(n)) => format!("{l} ({n:.4})"),
+        _ => "–".into(),
+    };
+    for (who, t) in tunings {
+        let _ = writeln!(
+            r,
+            "| {who} | {} | {} | {:.1}% / {:.1}% |",
+            point(&t["best"]),
+            point(&t["gu"]["best"]),
+            100.0 * t["pema_top1"].as_f64().unwrap_or(f64::NAN),
+            100.0 * t["plm_top1"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    let _ = writeln!(r);
 }
