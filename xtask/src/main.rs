@@ -28,7 +28,7 @@ commands:
                   [--tasks wmt22,ding,formality] [--lanes N] [--pema-bin PATH]
                              the paper's experiments end to end: WMT22 EN->DE (all methods,
                              ablations, sweeps), Ding EN->DE and a synthetic formality task
-                             (default: standard profile (~90 min on 2 AVX-512 BF16 cores), ../shared/data/wmt22, results/<profile>,
+                             (default: standard profile (80-90 min on 2 AVX-512 BF16 cores), ../shared/data/wmt22, results/<profile>,
                              all tasks); stages are cached, a rerun resumes; independent
                              stages run N at a time (default: 2 on a CPU with 2+ cores);
                              --pema-bin runs a prebuilt pema (no cargo, no asset fetching:
