@@ -91,11 +91,7 @@ pub fn decode_pairs<B: Backend>(
         .iter()
         .map(|p| tok.encode_prompt(&req.template.render(&p.source)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let source_lens = req
-        .pairs
-        .iter()
-        .map(|p| tok.encode_continuation(&p.source).map(|v| v.len()))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let source_lens = crate::pairs::source_lengths(tok, req.pairs)?;
     let (horizon_mode, max_mode) = req.length.modes(Some(req.length_ratio))?;
     let oracle = if req.length.is_oracle() {
         // The official code's horizon: tokens of prompt + source + reference (a test-time leak).

@@ -7,6 +7,15 @@ use pema_backbone::PemaTokenizer;
 
 use crate::error::{PipelineError, Result};
 
+/// Source tokens of each pair (continuation tokens, no BOS): what GU's horizon
+/// L = ⌈source tokens × ratio⌉ counts, in decoding and in λ tuning alike.
+pub fn source_lengths(tok: &PemaTokenizer, pairs: &[Pair]) -> Result<Vec<usize>> {
+    pairs
+        .iter()
+        .map(|p| Ok(tok.encode_continuation(&p.source)?.len()))
+        .collect()
+}
+
 /// Σ target tokens / Σ source tokens over `pairs` with `tok` (continuation tokens, no BOS):
 /// the ratio recorded in an adapter, so that GU's horizon at test time is
 /// L = ⌈source tokens × ratio⌉ and never reads the reference.

@@ -124,11 +124,7 @@ pub struct GuDev<'a> {
 /// Each dev entry's step k and horizon L = ⌈source tokens × `ratio`⌉, exactly as leak-free
 /// decoding computes them.
 pub fn dev_positions(dev: &MemoryStore, gu: GuDev<'_>, ratio: f64) -> Result<Vec<GuPosition>> {
-    let source_lens = gu
-        .pairs
-        .iter()
-        .map(|p| gu.tokenizer.encode_continuation(&p.source).map(|v| v.len()))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let source_lens = crate::pairs::source_lengths(gu.tokenizer, gu.pairs)?;
     let plan = plan_lengths(
         HorizonMode::Ratio { ratio },
         MaxLenMode::from_ratio(ratio),
